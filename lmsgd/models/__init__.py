@@ -1,0 +1,29 @@
+"""Models: the ResNet v1.5 family and batch-statistics-only normalization."""
+
+from lmsgd.models.normalization import (
+    BATCH_STATS,
+    BatchStatsNorm,
+    group_mean,
+    moments,
+    pool_statistics,
+)
+from lmsgd.models.registry import ARCHITECTURES, create_model, model_names
+from lmsgd.models.resnet import BasicBlock, BottleneckBlock, ResNet
+from lmsgd.models.summary import ModelSummary, count_params, summarize
+
+__all__ = [
+    "ARCHITECTURES",
+    "BATCH_STATS",
+    "BasicBlock",
+    "BatchStatsNorm",
+    "BottleneckBlock",
+    "ModelSummary",
+    "ResNet",
+    "count_params",
+    "create_model",
+    "group_mean",
+    "model_names",
+    "moments",
+    "pool_statistics",
+    "summarize",
+]

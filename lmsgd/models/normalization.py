@@ -1,0 +1,173 @@
+"""Batch normalization that trains on batch statistics only (Akiba et al. 2017, PAPER.md s.3).
+
+Flax's `nn.BatchNorm` couples training to exponential moving averages and, under plain `jit`
+with a sharded batch, silently pools over the global batch. `BatchStatsNorm` makes the span of
+the statistics explicit and keeps, by default, no moving averages at all:
+
+* training normalizes with the statistics of the examples in this call: those of one device
+  (`axis_name=None`, the paper), of a group of `group_size` consecutive devices along
+  `axis_name`, or of every device on `axis_name` (`group_size=0`);
+* it records the per-channel `mean` and `var` it just used in the `batch_stats` collection, so
+  the train step can pool them exactly over all workers and evaluation can use them;
+* evaluation normalizes with the recorded (pooled) statistics;
+* `mode="moving_average"` additionally keeps classic EMAs (`ema_mean`, `ema_var`), which then
+  drive evaluation: the ablation of PAPER.md s.3.
+
+Pooling is exact: the union of equally sized sets has mean = mean of means and
+var = mean of variances + variance of means (`pool_statistics`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+AxisName = str | tuple[str, ...] | None
+
+BATCH_STATS = "batch_stats"
+MODES = ("batch_stats", "moving_average")
+
+
+def pool_statistics(
+    means: jax.Array, variances: jax.Array, axis: int = 0
+) -> tuple[jax.Array, jax.Array]:
+    """Exact mean and (biased) variance of the union of equally sized example sets.
+
+    Args:
+      means, variances: per-set statistics stacked along `axis` (e.g. `[num_sets, C]`).
+    Returns:
+      `(mean, var)` of the union, with `axis` reduced.
+    """
+    mean = jnp.mean(means, axis=axis)
+    var = jnp.mean(variances + jnp.square(means - jnp.expand_dims(mean, axis)), axis=axis)
+    return mean, var
+
+
+def _axis_size(axis_name: str | tuple[str, ...]) -> int:
+    names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+    size = 1
+    for name in names:
+        size *= jax.lax.axis_size(name)
+    return size
+
+
+def group_mean(x: jax.Array, axis_name: AxisName, group_size: int = 0) -> jax.Array:
+    """Mean of `x` over a group of devices along `axis_name` (inside `shard_map`).
+
+    `group_size=0` (or the full axis size) averages over the whole axis with one `pmean`.
+    Smaller groups are consecutive devices in the (row-major) order of `axis_name`; they are
+    reduced with a ring of `ppermute`s because `shard_map` does not implement
+    `axis_index_groups`. Only small per-channel vectors travel, so `group_size - 1` hops
+    cost little next to the convolutions.
+    """
+    if axis_name is None:
+        return x
+    size = _axis_size(axis_name)
+    if group_size in (0, size):
+        return jax.lax.pmean(x, axis_name)
+    if group_size < 0 or size % group_size:
+        raise ValueError(
+            f"group_size={group_size} must divide the size {size} of axis {axis_name!r}"
+        )
+    if group_size == 1:
+        return x
+    total = x
+    shifted = x
+    # Rotate by one inside every group; after group_size - 1 hops each device has seen all.
+    perm = [
+        (g * group_size + i, g * group_size + (i + 1) % group_size)
+        for g in range(size // group_size)
+        for i in range(group_size)
+    ]
+    for _ in range(group_size - 1):
+        shifted = jax.lax.ppermute(shifted, axis_name, perm)
+        total = total + shifted
+    return total / group_size
+
+
+def moments(
+    x: jax.Array, reduction_axes: Sequence[int], axis_name: AxisName = None, group_size: int = 0
+) -> tuple[jax.Array, jax.Array]:
+    """Per-channel mean and biased variance of `x` over its reduction axes and a device span.
+
+    Computed in float32 in two passes (mean first, then centred squares) so the variance does
+    not lose precision to cancellation, and pooled over devices exactly (`pool_statistics`).
+    """
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=reduction_axes)
+    var = jnp.mean(jnp.square(x32 - jnp.expand_dims(mean, reduction_axes)), axis=reduction_axes)
+    if axis_name is not None and group_size != 1:
+        pooled_mean = group_mean(mean, axis_name, group_size)
+        var = group_mean(var + jnp.square(mean - pooled_mean), axis_name, group_size)
+        mean = pooled_mean
+    return mean, var
+
+
+class BatchStatsNorm(nn.Module):
+    """Batch normalization over the channel (last) axis with an explicit statistics span.
+
+    Attributes:
+      mode: "batch_stats" (paper; no moving averages) or "moving_average" (classic EMA).
+      axis_name: mesh axis (or tuple of axes) to pool statistics over in training; None means
+        the examples of this call only (per device inside `shard_map`).
+      group_size: devices per statistics group along `axis_name`; 0 means the whole axis.
+      momentum: EMA decay, used only in "moving_average" mode.
+      epsilon: added to the variance.
+      dtype: dtype of the output (computation of statistics is always float32).
+      param_dtype: dtype of `scale` and `bias`.
+      scale_init: e.g. zeros for the last normalization of a residual branch (Goyal et al.).
+    """
+
+    mode: str = "batch_stats"
+    axis_name: AxisName = None
+    group_size: int = 0
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    scale_init: Callable = nn.initializers.ones
+    bias_init: Callable = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """Normalizes `x` `[..., C]`; `train` selects batch vs. recorded statistics."""
+        if self.mode not in MODES:
+            raise ValueError(f"BatchStatsNorm mode={self.mode!r}; allowed: {MODES}")
+        features = x.shape[-1]
+        reduction_axes = tuple(range(x.ndim - 1))
+        zeros = lambda: jnp.zeros((features,), jnp.float32)
+        ones = lambda: jnp.ones((features,), jnp.float32)
+        # Statistics used by the last training call; pooled over workers by the train step.
+        mean_var = self.variable(BATCH_STATS, "mean", zeros)
+        var_var = self.variable(BATCH_STATS, "var", ones)
+        if self.mode == "moving_average":
+            ema_mean = self.variable(BATCH_STATS, "ema_mean", zeros)
+            ema_var = self.variable(BATCH_STATS, "ema_var", ones)
+
+        if train:
+            # `init` usually runs outside `shard_map`, where the mesh axis is unbound.
+            axis_name = None if self.is_initializing() else self.axis_name
+            mean, var = moments(x, reduction_axes, axis_name, self.group_size)
+            if not self.is_initializing():
+                mean_var.value = jax.lax.stop_gradient(mean)
+                var_var.value = jax.lax.stop_gradient(var)
+                if self.mode == "moving_average":
+                    m = self.momentum
+                    ema_mean.value = m * ema_mean.value + (1 - m) * jax.lax.stop_gradient(mean)
+                    ema_var.value = m * ema_var.value + (1 - m) * jax.lax.stop_gradient(var)
+        elif self.mode == "moving_average":
+            mean, var = ema_mean.value, ema_var.value
+        else:
+            mean, var = mean_var.value, var_var.value
+
+        scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (features,), self.param_dtype)
+        # Fold normalization and affine into one multiply-add in float32, then cast.
+        mul = jax.lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32)
+        add = bias.astype(jnp.float32) - mean * mul
+        dtype = self.dtype or x.dtype
+        return (x.astype(jnp.float32) * mul + add).astype(dtype)

@@ -1,0 +1,151 @@
+"""ResNet v1.5 (He et al. 2016; stride in the 3x3 convolution) in Flax Linen, NHWC.
+
+ImageNet models (ResNet-18 ... 152) use the 7x7/2 stem with max-pool; CIFAR-style models
+(ResNet-20/32/56/110, He et al. s.4.2) use a 3x3 stem, no max-pool and widths 16/32/64.
+Parameters are float32; `dtype` sets the compute dtype (activations, convolutions).
+Every normalization is a `BatchStatsNorm`, so the statistics span and the moving-average
+ablation are chosen by the caller, not baked into the model.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lmsgd.models.normalization import AxisName, BatchStatsNorm
+
+# He et al.'s fan-out initialization, as in torchvision and Goyal et al.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions (ResNet-18/34 and the CIFAR ResNets)."""
+
+    filters: int
+    strides: int
+    conv: Any
+    norm: Any
+    last_norm: Any  # the branch's last normalization (zero-initialised scale by default)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        residual = x
+        y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(x)
+        y = nn.relu(self.norm()(y, train=train))
+        y = self.conv(self.filters, (3, 3))(y)
+        y = self.last_norm()(y, train=train)
+        if residual.shape != y.shape:
+            residual = self.conv(self.filters, (1, 1), (self.strides, self.strides))(residual)
+            residual = self.norm()(residual, train=train)
+        return nn.relu(residual + y)
+
+
+class BottleneckBlock(nn.Module):
+    """1x1 - 3x3 (strided, v1.5) - 1x1 bottleneck (ResNet-50/101/152)."""
+
+    filters: int
+    strides: int
+    conv: Any
+    norm: Any
+    last_norm: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        residual = x
+        y = self.conv(self.filters, (1, 1))(x)
+        y = nn.relu(self.norm()(y, train=train))
+        y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(y)
+        y = nn.relu(self.norm()(y, train=train))
+        y = self.conv(self.filters * 4, (1, 1))(y)
+        y = self.last_norm()(y, train=train)
+        if residual.shape != y.shape:
+            residual = self.conv(self.filters * 4, (1, 1), (self.strides, self.strides))(residual)
+            residual = self.norm()(residual, train=train)
+        return nn.relu(residual + y)
+
+
+class ResNet(nn.Module):
+    """ResNet v1.5 for NHWC images.
+
+    Attributes:
+      stage_sizes: residual blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50.
+      block_cls: `BasicBlock` or `BottleneckBlock`.
+      num_classes: size of the classification head.
+      width: filters of the first stage (64 ImageNet, 16 CIFAR); doubled every stage.
+      width_multiplier: scales every width (tiny test models use e.g. 0.25).
+      stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool) or "cifar" (3x3/1 conv).
+      dtype: compute dtype (float32 or bfloat16); parameters stay `param_dtype`.
+      zero_init_residual: zero-initialise the scale of each branch's last normalization.
+      norm_mode / bn_axis_name / bn_group_size / bn_momentum / bn_epsilon: `BatchStatsNorm`.
+    """
+
+    stage_sizes: Sequence[int]
+    block_cls: Any
+    num_classes: int = 1000
+    width: int = 64
+    width_multiplier: float = 1.0
+    stem: str = "imagenet"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    zero_init_residual: bool = True
+    norm_mode: str = "batch_stats"
+    bn_axis_name: AxisName = None
+    bn_group_size: int = 0
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """Maps images `[B, H, W, 3]` to logits `[B, num_classes]` (float32)."""
+        if self.stem not in ("imagenet", "cifar"):
+            raise ValueError(f"stem={self.stem!r}; allowed: 'imagenet', 'cifar'")
+        conv = functools.partial(
+            nn.Conv,
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=conv_init,
+            padding="SAME",
+        )
+        norm = functools.partial(
+            BatchStatsNorm,
+            mode=self.norm_mode,
+            axis_name=self.bn_axis_name,
+            group_size=self.bn_group_size,
+            momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        last_scale_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
+        last_norm = functools.partial(norm, scale_init=last_scale_init)
+
+        width = max(1, round(self.width * self.width_multiplier))
+        x = x.astype(self.dtype)
+        if self.stem == "imagenet":
+            x = conv(width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="conv_init")(x)
+            x = nn.relu(norm(name="bn_init")(x, train=train))
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        else:
+            x = conv(width, (3, 3), name="conv_init")(x)
+            x = nn.relu(norm(name="bn_init")(x, train=train))
+        for i, block_count in enumerate(self.stage_sizes):
+            for j in range(block_count):
+                strides = 2 if i > 0 and j == 0 else 1
+                x = self.block_cls(
+                    filters=width * 2**i, strides=strides, conv=conv, norm=norm, last_norm=last_norm
+                )(x, train=train)
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.Dense(
+            self.num_classes,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.initializers.normal(0.01),
+            name="head",
+        )(x)
+        return x.astype(jnp.float32)

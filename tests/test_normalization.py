@@ -1,0 +1,203 @@
+"""BatchStatsNorm against numpy: per-device, grouped and global spans, exact pooling, modes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from lmsgd.models.normalization import BatchStatsNorm, pool_statistics
+
+EPS = 1e-5
+NDEV = 8
+
+
+def np_norm(x, axes=(0, 1, 2)):
+    x = x.astype(np.float64)
+    mean = x.mean(axis=axes)
+    var = x.var(axis=axes)
+    return (x - mean) / np.sqrt(var + EPS), mean, var
+
+
+def make_data(seed=0, per_device=3):
+    rng = np.random.default_rng(seed)
+    # Per-device means differ a lot, so pooled != mean of per-device variances.
+    offsets = rng.normal(0, 3, size=(NDEV, 1, 1, 1, 5))
+    x = rng.normal(0, 1.5, size=(NDEV, per_device, 4, 4, 5)) + offsets
+    return x.reshape(NDEV * per_device, 4, 4, 5).astype(np.float32)
+
+
+def run_sharded(mesh, axes, norm, x):
+    """Runs `norm` in training mode per device under shard_map; returns outputs and stats."""
+    variables = norm.init(jax.random.key(0), x[:1], train=True)
+
+    def per_device(v, xb):
+        y, updates = norm.apply(v, xb, train=True, mutable=["batch_stats"])
+        stats = updates["batch_stats"]
+        return y, stats["mean"][None], stats["var"][None]
+
+    spec = P(axes)
+    fn = jax.jit(
+        jax.shard_map(per_device, mesh=mesh, in_specs=(P(), spec), out_specs=(spec, spec, spec))
+    )
+    x_sharded = jax.device_put(x, NamedSharding(mesh, spec))
+    y, mean, var = fn(variables, x_sharded)
+    return np.asarray(y), np.asarray(mean), np.asarray(var)
+
+
+@pytest.fixture(scope="module")
+def mesh_1d():
+    return jax.make_mesh((NDEV,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+
+
+@pytest.fixture(scope="module")
+def mesh_2d():
+    return jax.make_mesh(
+        (2, 4), ("host", "local"), axis_types=(jax.sharding.AxisType.Explicit,) * 2
+    )
+
+
+def check_groups(x, y, mean, var, group_size):
+    per_device = x.shape[0] // NDEV
+    rows = group_size * per_device
+    for g in range(NDEV // group_size):
+        xs = x[g * rows : (g + 1) * rows]
+        ref_y, ref_mean, ref_var = np_norm(xs)
+        np.testing.assert_allclose(y[g * rows : (g + 1) * rows], ref_y, rtol=1e-4, atol=1e-4)
+        for d in range(g * group_size, (g + 1) * group_size):
+            np.testing.assert_allclose(mean[d], ref_mean, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(var[d], ref_var, rtol=1e-5, atol=1e-5)
+
+
+def test_per_device_statistics(mesh_1d):
+    x = make_data()
+    y, mean, var = run_sharded(mesh_1d, "data", BatchStatsNorm(axis_name=None), x)
+    check_groups(x, y, mean, var, group_size=1)
+    # Explicit axis with group_size=1 is the same thing.
+    y1, _, _ = run_sharded(mesh_1d, "data", BatchStatsNorm(axis_name="data", group_size=1), x)
+    np.testing.assert_allclose(y1, y, rtol=1e-6)
+
+
+@pytest.mark.parametrize("group_size", [2, 4])
+def test_grouped_statistics(mesh_1d, group_size):
+    x = make_data(seed=group_size)
+    y, mean, var = run_sharded(
+        mesh_1d, "data", BatchStatsNorm(axis_name="data", group_size=group_size), x
+    )
+    check_groups(x, y, mean, var, group_size)
+
+
+@pytest.mark.parametrize("group_size", [0, NDEV])
+def test_global_statistics(mesh_1d, group_size):
+    x = make_data(seed=3)
+    y, mean, var = run_sharded(
+        mesh_1d, "data", BatchStatsNorm(axis_name="data", group_size=group_size), x
+    )
+    check_groups(x, y, mean, var, NDEV)
+
+
+@pytest.mark.parametrize("group_size", [2, 4, 0])
+def test_grouped_statistics_on_2d_mesh(mesh_2d, group_size):
+    """Groups are consecutive devices in the row-major order of ('host', 'local')."""
+    x = make_data(seed=7)
+    norm = BatchStatsNorm(axis_name=("host", "local"), group_size=group_size)
+    y, mean, var = run_sharded(mesh_2d, ("host", "local"), norm, x)
+    check_groups(x, y, mean, var, group_size or NDEV)
+
+
+def test_group_size_must_divide_axis(mesh_1d):
+    with pytest.raises(ValueError, match="group_size=3"):
+        run_sharded(mesh_1d, "data", BatchStatsNorm(axis_name="data", group_size=3), make_data())
+
+
+def test_pool_statistics_is_the_union_not_mean_of_variances():
+    x = make_data(seed=11)
+    chunks = x.reshape(NDEV, -1, 4, 4, 5)
+    means = chunks.astype(np.float64).mean(axis=(1, 2, 3))
+    variances = chunks.astype(np.float64).var(axis=(1, 2, 3))
+    mean, var = pool_statistics(jnp.asarray(means), jnp.asarray(variances))
+    _, ref_mean, ref_var = np_norm(x)
+    np.testing.assert_allclose(mean, ref_mean, rtol=1e-5)
+    np.testing.assert_allclose(var, ref_var, rtol=1e-5)
+    # The naive mean of variances is measurably different on this data.
+    assert np.max(np.abs(variances.mean(0) - ref_var) / ref_var) > 0.1
+
+
+def test_batch_stats_mode_keeps_no_moving_averages():
+    x = make_data()
+    norm = BatchStatsNorm()
+    variables = norm.init(jax.random.key(0), x, train=True)
+    assert set(variables["batch_stats"]) == {"mean", "var"}
+    y, updates = norm.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert set(updates["batch_stats"]) == {"mean", "var"}
+    ref_y, ref_mean, ref_var = np_norm(x)
+    np.testing.assert_allclose(y, ref_y, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(updates["batch_stats"]["mean"], ref_mean, rtol=1e-5, atol=1e-6)
+    # A second batch overwrites the record: nothing is averaged over time.
+    x2 = make_data(seed=5)
+    _, updates2 = norm.apply(variables, x2, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(updates2["batch_stats"]["var"], np_norm(x2)[2], rtol=1e-5)
+
+
+def test_eval_mode_uses_supplied_statistics():
+    x = make_data()
+    norm = BatchStatsNorm()
+    variables = norm.init(jax.random.key(0), x, train=False)
+    rng = np.random.default_rng(1)
+    mean = rng.normal(size=5).astype(np.float32)
+    var = rng.uniform(0.5, 2, size=5).astype(np.float32)
+    scale = rng.normal(size=5).astype(np.float32)
+    bias = rng.normal(size=5).astype(np.float32)
+    variables = {
+        "params": {"scale": scale, "bias": bias},
+        "batch_stats": {"mean": mean, "var": var},
+    }
+    y = norm.apply(variables, x, train=False)
+    ref = (x - mean) / np.sqrt(var + EPS) * scale + bias
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_moving_average_mode():
+    norm = BatchStatsNorm(mode="moving_average", momentum=0.8)
+    x1, x2 = make_data(seed=1), make_data(seed=2)
+    variables = norm.init(jax.random.key(0), x1, train=True)
+    ema_mean, ema_var = np.zeros(5), np.ones(5)
+    for x in (x1, x2):
+        _, updates = norm.apply(variables, x, train=True, mutable=["batch_stats"])
+        variables = {**variables, **updates}
+        _, m, v = np_norm(x)
+        ema_mean, ema_var = 0.8 * ema_mean + 0.2 * m, 0.8 * ema_var + 0.2 * v
+    stats = variables["batch_stats"]
+    np.testing.assert_allclose(stats["ema_mean"], ema_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats["ema_var"], ema_var, rtol=1e-5)
+    # Evaluation in this mode uses the moving averages, not the last batch.
+    y = norm.apply(variables, x1, train=False)
+    ref = (x1 - ema_mean) / np.sqrt(ema_var + EPS)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_gradient_matches_numerical_derivative():
+    """The pooled statistics are differentiated through (as in true batch norm)."""
+    x = make_data(per_device=1)[:6].astype(np.float64)
+    w = np.random.default_rng(0).normal(size=x.shape)
+
+    def loss_np(x):
+        return float(np.sum(np_norm(x)[0] * w))
+
+    norm = BatchStatsNorm()
+    variables = norm.init(jax.random.key(0), jnp.asarray(x, jnp.float32), train=True)
+    loss = lambda x: jnp.sum(norm.apply(variables, x, train=True, mutable=["batch_stats"])[0] * w)
+    grad = np.asarray(jax.grad(loss)(jnp.asarray(x, jnp.float32)))
+    idx = (2, 1, 3, 4)
+    h = 1e-4
+    xp, xm = x.copy(), x.copy()
+    xp[idx] += h
+    xm[idx] -= h
+    numerical = (loss_np(xp) - loss_np(xm)) / (2 * h)
+    np.testing.assert_allclose(grad[idx], numerical, rtol=2e-2, atol=2e-3)
+
+
+def test_unknown_mode_rejected():
+    with pytest.raises(ValueError, match="allowed"):
+        BatchStatsNorm(mode="ema").init(jax.random.key(0), jnp.ones((2, 3)), train=True)
