@@ -40,7 +40,7 @@ def create_model(
     zero_init_residual: bool = True,
     norm_mode: str = "batch_stats",
     bn_axis_name: str | tuple[str, ...] | None = None,
-    bn_group_size: int = 0,
+    bn_group_size: int = 1,
     bn_momentum: float = 0.9,
     bn_epsilon: float = 1e-5,
 ) -> ResNet:

@@ -95,7 +95,7 @@ class ResNet(nn.Module):
     zero_init_residual: bool = True
     norm_mode: str = "batch_stats"
     bn_axis_name: AxisName = None
-    bn_group_size: int = 0
+    bn_group_size: int = 1
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
 

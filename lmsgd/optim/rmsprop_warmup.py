@@ -1,0 +1,170 @@
+"""RMSprop warm-up: RMSprop that hands over smoothly to momentum SGD (PAPER.md section 1).
+
+Per parameter tensor, with gradient ``g_t`` (already all-reduced, weight decay added)::
+
+    m_t     = mu2 * m_{t-1} + (1 - mu2) * g_t^2
+    Delta_t = mu1 * Delta_{t-1} - (alpha_sgd + alpha_rmsprop / (sqrt(m_t) + eps)) * g_t
+    theta_t = theta_{t-1} + eta * Delta_t
+    alpha_rmsprop = (1 - alpha_sgd) * eta_rmsprop / eta
+
+``Delta`` is a velocity in "SGD units": the learning rate ``eta`` multiplies it from outside,
+so at ``alpha_sgd = 1`` this is momentum SGD with eta outside the buffer, the form Goyal et al.
+(2017, "momentum correction") recommend. When eta changes, the whole velocity, its RMSprop
+part included, is scaled by the new eta.
+
+Numerics when eta is 0 or tiny
+------------------------------
+``alpha_rmsprop`` divides by eta, so the RMSprop part of ``Delta`` grows like ``1 / eta``. We
+never form ``eta * (x / eta)``; the returned update is computed directly as::
+
+    eta * Delta_t = eta * mu1 * Delta_{t-1} - alpha_sgd * eta * g_t
+                    - (1 - alpha_sgd) * eta_rmsprop * g_t / (sqrt(m_t) + eps)
+
+which equals ``eta_t * Delta_t`` in exact arithmetic and is finite for every eta >= 0 (it is
+the eta -> 0+ limit at eta = 0, so the RMSprop step stays "independent of eta" as PAPER.md
+says). At exactly eta = 0 the RMSprop part of the velocity has no finite value in units of
+eta, so we store ``Delta_t = mu1 * Delta_{t-1} - alpha_sgd * g_t``: that step's RMSprop move is
+applied to the parameters but not carried as momentum into later steps. For tiny positive eta
+the state stays finite as long as ``eta_rmsprop / eta`` does (``|g| / sqrt(m) <= 1 /
+sqrt(1 - mu2)`` bounds the rest): with eta_rmsprop = 3e-4 in float32, |Delta| <= 0.03 / eta,
+finite for every eta above the smallest normal float32 (~1.2e-38).
+Note that a tiny eta followed by a large one amplifies the stored RMSprop velocity by their
+ratio; that is a property of the paper's formulation (relevant only for warm-ups from ~0).
+
+Very large gradients: in float32 ``g^2`` overflows above ~1.8e19. We saturate ``g^2`` at half
+the dtype's maximum (so ``m`` stays finite) and clip ``g / (sqrt(m) + eps)`` to its exact
+bound ``1 / sqrt(1 - mu2)`` (``m_t >= (1 - mu2) g_t^2``); neither changes results for
+representable ``g^2``, and the SGD term is exact. NaN gradients still propagate.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+ScalarOrSchedule = float | jax.Array | optax.Schedule
+
+
+class RMSpropWarmupState(NamedTuple):
+    """State of :func:`rmsprop_warmup`: a step counter and two parameter-sized buffers.
+
+    Attributes:
+      count: int32 scalar, number of updates applied so far (the step the schedules see next).
+      m: running mean of squared gradients (``m_t``), per parameter, float32 or wider.
+      delta: the velocity ``Delta_t`` in SGD units (the update is ``eta * delta``).
+    """
+
+    count: jax.Array
+    m: optax.Updates
+    delta: optax.Updates
+
+
+def _evaluate(value: ScalarOrSchedule, count: jax.Array) -> jax.Array:
+    """A scalar hyper-parameter at ``count``: calls it if it is a schedule."""
+    return jnp.asarray(value(count) if callable(value) else value)
+
+
+def _state_dtype(param_dtype: Any) -> jnp.dtype:
+    # float32 for float32/bfloat16/float16 params (PAPER.md section 4: state in fp32), but no
+    # narrowing of float64 params (lets the float64 reference test check the math exactly).
+    return jnp.promote_types(param_dtype, jnp.float32)
+
+
+def rmsprop_warmup(
+    learning_rate: ScalarOrSchedule,
+    alpha_sgd: ScalarOrSchedule,
+    rmsprop_learning_rate: ScalarOrSchedule = 3e-4,
+    momentum: float = 0.9,
+    decay: float = 0.99,
+    eps: float = 1e-8,
+    delta_dtype: Any | None = None,
+) -> optax.GradientTransformation:
+    """RMSprop warm-up of Akiba et al. (2017), PAPER.md section 1, as an optax transformation.
+
+    All schedules are functions of the optimizer step (number of updates applied so far,
+    starting at 0 for the first update), not of the epoch.
+
+    Args:
+      learning_rate: eta, the SGD learning rate (global, i.e. for the all-reduced gradient);
+        float or schedule. Must be >= 0; 0 is handled (see the module docstring).
+      alpha_sgd: the hand-over factor in [0, 1] (0: pure RMSprop, 1: momentum SGD); a
+        schedule such as :func:`lmsgd.optim.alpha_sgd_schedule`, or a constant.
+      rmsprop_learning_rate: eta_rmsprop, step size of the RMSprop part; float or schedule.
+      momentum: mu1, decay of the velocity ``Delta``.
+      decay: mu2, decay of the squared-gradient average ``m``.
+      eps: added to ``sqrt(m)`` (outside the square root).
+      delta_dtype: optional dtype of the ``Delta`` buffer (e.g. ``jnp.bfloat16`` to halve its
+        memory); default float32 (float64 for float64 parameters). ``m`` and all arithmetic
+        stay in float32 or wider.
+
+    Returns:
+      An ``optax.GradientTransformation`` whose updates are ``eta_t * Delta_t`` (add them with
+      ``optax.apply_updates``), cast to the gradient dtype. Its state is
+      :class:`RMSpropWarmupState`.
+    """
+
+    def init_fn(params: optax.Params) -> RMSpropWarmupState:
+        m = jax.tree.map(lambda p: jnp.zeros(p.shape, _state_dtype(p.dtype)), params)
+        delta = jax.tree.map(
+            lambda p: jnp.zeros(p.shape, delta_dtype or _state_dtype(p.dtype)), params
+        )
+        return RMSpropWarmupState(count=jnp.zeros([], jnp.int32), m=m, delta=delta)
+
+    def update_fn(
+        updates: optax.Updates, state: RMSpropWarmupState, params: optax.Params | None = None
+    ) -> tuple[optax.Updates, RMSpropWarmupState]:
+        del params
+        # Schedules see the step before it is incremented: the first update uses step 0.
+        eta = _evaluate(learning_rate, state.count)
+        alpha = _evaluate(alpha_sgd, state.count)
+        eta_rms = _evaluate(rmsprop_learning_rate, state.count)
+        # 1 / eta where eta > 0, else 0 (drops the unrepresentable RMSprop velocity at eta = 0).
+        positive = eta > 0
+        inv_eta = jnp.where(positive, 1.0 / jnp.where(positive, eta, 1.0), 0.0)
+        rms_coeff = (1.0 - alpha) * eta_rms  # = alpha_rmsprop * eta
+
+        def new_m(g, m):
+            # Saturate g^2 (inf above ~1.8e19 in float32) at half the dtype's maximum so that
+            # m, a convex combination, stays finite. NaN still propagates.
+            square = jnp.square(g.astype(m.dtype))
+            return decay * m + (1.0 - decay) * jnp.minimum(square, jnp.finfo(m.dtype).max / 2)
+
+        m = jax.tree.map(new_m, updates, state.m)
+
+        def coefficients(m):
+            # Scalars are cast to the leaf's compute dtype so float64 schedules (x64 mode) do
+            # not silently promote float32 state.
+            cd = m.dtype
+            return eta.astype(cd), alpha.astype(cd), rms_coeff.astype(cd), inv_eta.astype(cd)
+
+        def rms_direction(g, m):
+            # Exactly, m_t >= (1 - mu2) g_t^2, so |g| / sqrt(m) <= 1 / sqrt(1 - mu2). Clipping to
+            # that bound changes nothing in range and restores it where g^2 saturated above.
+            bound = 1.0 / math.sqrt(1.0 - decay)
+            return jnp.clip(g.astype(m.dtype) / (jnp.sqrt(m) + eps), -bound, bound)
+
+        def new_delta(g, m, d):
+            _, a, c, inv_e = coefficients(m)
+            g, d = g.astype(m.dtype), d.astype(m.dtype)
+            return momentum * d - a * g - (c * inv_e) * rms_direction(g, m)
+
+        def step(g, m, d):
+            # eta * Delta_t, expanded so that no 1 / eta appears (finite for eta = 0).
+            e, a, c, _ = coefficients(m)
+            g, d = g.astype(m.dtype), d.astype(m.dtype)
+            return (e * momentum) * d - (a * e) * g - c * rms_direction(g, m)
+
+        # Two maps over the same inputs; XLA fuses them into one pass under jit.
+        steps = jax.tree.map(step, updates, m, state.delta)
+        delta = jax.tree.map(
+            lambda g, m, d: new_delta(g, m, d).astype(d.dtype), updates, m, state.delta
+        )
+        steps = optax.tree_utils.tree_cast_like(steps, updates)
+        count = optax.safe_increment(state.count)
+        return steps, RMSpropWarmupState(count=count, m=m, delta=delta)
+
+    return optax.GradientTransformation(init_fn, update_fn)

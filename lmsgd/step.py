@@ -1,0 +1,244 @@
+"""The sharded train and eval steps: the hot core of lmsgd.
+
+One jit-compiled program per step runs forward, backward, the gradient all-reduce and the
+optimizer update on every device of the mesh. It is a `jax.shard_map`, i.e. a per-device
+program: normalization statistics are those of one device (or of a configured group), exactly
+as in the paper, instead of the global batch that plain `jit` would silently pool over.
+
+Gradients: inside `shard_map` (check_vma=True) JAX would psum the gradient of replicated
+parameters in float32 on its own. We take it with respect to a device-varying copy
+(`jax.lax.pcast(..., to='varying')`), so the gradient is local and the only reduction is ours:
+`allreduce_mean`, in the configured dtype and topology. Tests check the result is the
+global-batch mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.flatten_util import ravel_pytree
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from lmsgd.models.normalization import BATCH_STATS
+from lmsgd.parallel.allreduce import allreduce_mean
+from lmsgd.parallel.mesh import batch_sharding, data_axes, replicated
+
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step reads and writes; replicated on every device.
+
+    `batch_stats` holds, per normalization layer, the statistics of the last training step
+    pooled exactly over all workers (PAPER.md s.3), and in the moving-average ablation the
+    EMAs too.
+    """
+
+    step: jax.Array  # int32 scalar: optimizer steps taken
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def bind_model_to_mesh(model: nn.Module, mesh: Mesh) -> nn.Module:
+    """The model with its normalization statistics spanning this mesh's data axes."""
+    return model.clone(bn_axis_name=data_axes(mesh))
+
+
+def create_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    image_shape: tuple[int, int, int],
+    mesh: Mesh,
+) -> TrainState:
+    """Initializes parameters and optimizer state, replicated over `mesh`."""
+
+    def init():
+        variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get(BATCH_STATS, {}),
+            opt_state=tx.init(params),
+        )
+
+    return jax.jit(init, out_shardings=replicated(mesh))()
+
+
+def pool_batch_stats(batch_stats: Any, axes: tuple[str, ...]) -> Any:
+    """Exact statistics of the union of all devices' examples (inside `shard_map`).
+
+    mean = mean of means; var = mean of (var + (mean_i - mean)^2). Moving averages, if any,
+    are averaged (as Flax's ImageNet example does). All of one kind travel in one buffer.
+    """
+    if not batch_stats:
+        return batch_stats
+    flat = flax.traverse_util.flatten_dict(batch_stats)
+    pick = lambda name: {k: v for k, v in flat.items() if k[-1] == name}
+    means, unravel_means = ravel_pytree(pick("mean"))
+    variances, unravel_vars = ravel_pytree(pick("var"))
+    pooled_mean = jax.lax.pmean(means, axes)
+    pooled_var = jax.lax.pmean(variances + jnp.square(means - pooled_mean), axes)
+    out = {**unravel_means(pooled_mean), **unravel_vars(pooled_var)}
+    emas = {k: v for k, v in flat.items() if k[-1].startswith("ema_")}
+    if emas:
+        out.update(jax.lax.pmean(emas, axes))
+    return flax.traverse_util.unflatten_dict(out)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example softmax cross-entropy in float32, `[B]`."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+    """1.0 where the label is among the `k` largest logits, per example, `[B]`."""
+    top = jax.lax.top_k(logits, k)[1]
+    return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    *,
+    schedules: Mapping[str, optax.Schedule] | None = None,
+    allreduce_algorithm: str = "flat",
+    allreduce_dtype: str = "float32",
+    allreduce_fuse: bool = True,
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """Builds the jitted, sharded train step `(state, batch) -> (state, metrics)`.
+
+    Args:
+      model: a `ResNet` (any module with `bn_axis_name` and `train=`); its normalization span
+        is bound to the mesh's data axes here.
+      tx: the optimizer (its update is applied to the all-reduced mean gradient).
+      mesh: from `create_mesh`; parameters and optimizer state are replicated over it.
+      schedules: logged per step, evaluated at the step *before* the update (as the optimizer).
+      allreduce_*: see `allreduce_mean`.
+    Returns:
+      A function of the replicated `TrainState` and a global batch `{'image': [B, H, W, C],
+      'label': [B]}` sharded over the data axes (B = global batch). The state is donated.
+      Metrics are replicated scalars: loss and accuracy (global-batch means), grad_norm (of the
+      mean gradient, before weight decay) and each schedule's value.
+    """
+    axes = data_axes(mesh)
+    model = bind_model_to_mesh(model, mesh)
+    schedules = dict(schedules or {})
+
+    def per_device(state: TrainState, batch: Batch):
+        local_params = jax.lax.pcast(state.params, axes, to="varying")
+
+        def loss_fn(params):
+            logits, updates = model.apply(
+                {"params": params, BATCH_STATS: state.batch_stats},
+                batch["image"],
+                train=True,
+                mutable=[BATCH_STATS],
+            )
+            return jnp.mean(cross_entropy(logits, batch["label"])), (logits, updates)
+
+        (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            local_params
+        )
+        grads = allreduce_mean(
+            grads,
+            data_axes=axes,
+            algorithm=allreduce_algorithm,
+            dtype=allreduce_dtype,
+            fuse=allreduce_fuse,
+        )
+        updates_tx, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates_tx)
+        metrics = {
+            "loss": jax.lax.pmean(loss, axes),
+            "accuracy": jax.lax.pmean(jnp.mean(topk_correct(logits, batch["label"], 1)), axes),
+            "grad_norm": optax.tree.norm(grads),
+        }
+        metrics.update({name: fn(state.step) for name, fn in schedules.items()})
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            batch_stats=pool_batch_stats(updates.get(BATCH_STATS, {}), axes),
+            opt_state=opt_state,
+        )
+        return new_state, metrics
+
+    step = jax.shard_map(
+        per_device, mesh=mesh, in_specs=(P(), P(axes)), out_specs=(P(), P())
+    )
+    return jax.jit(
+        step,
+        in_shardings=(replicated(mesh), batch_sharding(mesh)),
+        out_shardings=(replicated(mesh), replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
+def make_eval_step(model: nn.Module, mesh: Mesh) -> Callable[[TrainState, Batch], Metrics]:
+    """Builds the jitted, sharded eval step `(state, batch) -> sums`.
+
+    The batch carries `mask` `[B]` (1.0 for real examples, 0.0 for padding), so a padded last
+    batch is counted exactly. Returns replicated sums over the global batch: `count`,
+    `loss_sum`, `top1_correct`, `top5_correct` (top-5 is top-min(5, classes)).
+    Normalization uses the statistics in `state.batch_stats` (evaluation mode).
+    """
+    axes = data_axes(mesh)
+    model = bind_model_to_mesh(model, mesh)
+
+    def per_device(state: TrainState, batch: Batch) -> Metrics:
+        logits = model.apply(
+            {"params": state.params, BATCH_STATS: state.batch_stats}, batch["image"], train=False
+        )
+        mask = batch["mask"].astype(jnp.float32)
+        labels = batch["label"]
+        sums = {
+            "count": jnp.sum(mask),
+            "loss_sum": jnp.sum(cross_entropy(logits, labels) * mask),
+            "top1_correct": jnp.sum(topk_correct(logits, labels, 1) * mask),
+            "top5_correct": jnp.sum(
+                topk_correct(logits, labels, min(5, logits.shape[-1])) * mask
+            ),
+        }
+        return jax.lax.psum(sums, axes)
+
+    step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(axes)), out_specs=P())
+    return jax.jit(
+        step, in_shardings=(replicated(mesh), batch_sharding(mesh)), out_shardings=replicated(mesh)
+    )
+
+
+def make_population_stats_step(model: nn.Module, mesh: Mesh) -> Callable[[TrainState, Batch], Any]:
+    """Builds `(state, batch) -> batch_stats`: training-mode statistics of one global batch
+    with the current weights, pooled over all devices (no parameter update).
+
+    Averaging its outputs over K batches with `pool_statistics` gives "precise BN" population
+    statistics (PAPER.md s.3, K > 1).
+    """
+    axes = data_axes(mesh)
+    model = bind_model_to_mesh(model, mesh)
+
+    def per_device(state: TrainState, batch: Batch):
+        _, updates = model.apply(
+            {"params": state.params, BATCH_STATS: state.batch_stats},
+            batch["image"],
+            train=True,
+            mutable=[BATCH_STATS],
+        )
+        return pool_batch_stats(updates[BATCH_STATS], axes)
+
+    step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(axes)), out_specs=P())
+    return jax.jit(
+        step, in_shardings=(replicated(mesh), batch_sharding(mesh)), out_shardings=replicated(mesh)
+    )

@@ -1,0 +1,274 @@
+"""The optimizer factory: config defaults, validation, each optimizer training a tiny MLP."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from lmsgd.optim import (
+    OPTIMIZER_CONFIG_DOCS,
+    OPTIMIZER_NAMES,
+    SCHEDULE_NAMES,
+    create_optimizer,
+    default_optimizer_config,
+    rmsprop_warmup,
+    validate_optimizer_config,
+)
+
+BUILD = dict(global_batch_size=32768, steps_per_epoch=39, num_epochs=90)
+
+
+# ----------------------------------------------------------------------------- config
+def test_default_config_is_the_paper_recipe():
+    cfg = default_optimizer_config()
+    assert isinstance(cfg, ml_collections.ConfigDict)
+    validate_optimizer_config(cfg)
+    expected = dict(
+        name="rmsprop_warmup",
+        schedule="slow_start",
+        base_learning_rate=None,
+        lr_per_256=0.1,
+        weight_decay=1e-4,
+        weight_decay_exclude_1d=False,
+        momentum=0.9,
+        rmsprop_learning_rate=3e-4,
+        rmsprop_decay=0.99,
+        eps=1e-8,
+        beta_center=10.0,
+        beta_period=5.0,
+        slow_start_boundaries=(40.0, 70.0, 85.0),
+        slow_start_factors=(0.5, 0.075, 0.01, 0.001),
+    )
+    for key, value in expected.items():
+        assert cfg[key] == value, key
+    # Every key is documented, and only keys that exist are.
+    assert set(OPTIMIZER_CONFIG_DOCS) == set(cfg.keys())
+    assert all(doc.strip() for doc in OPTIMIZER_CONFIG_DOCS.values())
+
+
+def test_default_schedules_follow_the_paper():
+    tx, schedules = create_optimizer(default_optimizer_config(), **BUILD)
+    assert isinstance(tx, optax.GradientTransformation)
+    assert set(schedules) == {"learning_rate", "alpha_sgd"}
+    lr, alpha = schedules["learning_rate"], schedules["alpha_sgd"]
+    spe = BUILD["steps_per_epoch"]
+    assert float(lr(0)) == pytest.approx(6.4)  # 0.5 x 12.8
+    assert float(lr(40 * spe)) == pytest.approx(0.96)
+    assert float(lr(85 * spe)) == pytest.approx(0.0128)
+    assert float(alpha(10 * spe)) == pytest.approx(0.5)
+    assert float(alpha(0)) == pytest.approx(0.0091578, abs=1e-6)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULE_NAMES)
+@pytest.mark.parametrize("name", OPTIMIZER_NAMES)
+def test_every_name_and_schedule_builds(name, schedule):
+    cfg = default_optimizer_config()
+    cfg.name, cfg.schedule = name, schedule
+    cfg.base_learning_rate = 2.0
+    tx, schedules = create_optimizer(cfg, **BUILD)
+    assert ("alpha_sgd" in schedules) == (name == "rmsprop_warmup")
+    assert np.isfinite(float(schedules["learning_rate"](100)))
+    params = {"w": jnp.ones((3, 2)), "b": jnp.ones(2)}
+    updates, _ = tx.update(params, tx.init(params), params)
+    assert all(np.all(np.isfinite(u)) for u in jax.tree.leaves(updates))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("name", "adam", r"optimizer\.name='adam'.*one of \('rmsprop_warmup'"),
+        ("schedule", "step", r"optimizer\.schedule='step'.*'slow_start', 'goyal'"),
+        ("momentum", 1.0, r"optimizer\.momentum=1\.0.*\[0, 1\)"),
+        ("rmsprop_decay", -0.1, r"optimizer\.rmsprop_decay"),
+        ("weight_decay", -1e-4, r"optimizer\.weight_decay=.*non-negative"),
+        ("eps", 0.0, r"optimizer\.eps=0\.0.*positive"),
+        ("beta_period", 0.0, r"optimizer\.beta_period"),
+        ("base_learning_rate", -1.0, r"optimizer\.base_learning_rate=-1\.0.*None or"),
+        ("delta_dtype", "float8", r"optimizer\.delta_dtype='float8'.*'bfloat16'"),
+        ("slow_start_boundaries", (70.0, 40.0, 85.0), r"strictly increasing"),
+        ("slow_start_factors", (0.5, 0.1), r"slow_start_factors has 2 entries.*expected 4"),
+        ("weight_decay_exclude_1d", 1, r"weight_decay_exclude_1d=1.*True or False"),
+        ("momentum", "0.9", r"optimizer\.momentum='0\.9'"),
+        ("lr_per_256", float("nan"), r"optimizer\.lr_per_256=nan"),
+    ],
+)
+def test_bad_values_raise(key, value, match):
+    cfg = default_optimizer_config().to_dict()  # a plain dict: no ConfigDict type locking
+    cfg[key] = value
+    with pytest.raises(ValueError, match=match):
+        validate_optimizer_config(cfg)
+    with pytest.raises(ValueError, match=match):
+        create_optimizer(cfg, **BUILD)
+
+
+def test_unknown_and_missing_keys_raise():
+    cfg = default_optimizer_config()
+    cfg.learning_rate = 0.1  # a plausible typo for base_learning_rate
+    with pytest.raises(ValueError, match=r"unknown optimizer config key\(s\) \['learning_rate'\]"):
+        create_optimizer(cfg, **BUILD)
+    cfg = default_optimizer_config().to_dict()
+    del cfg["beta_center"]
+    with pytest.raises(ValueError, match=r"missing optimizer config key\(s\) \['beta_center'\]"):
+        validate_optimizer_config(cfg)
+
+
+@pytest.mark.parametrize(
+    ("arg", "value"), [("global_batch_size", 0), ("steps_per_epoch", 0), ("num_epochs", -1)]
+)
+def test_bad_build_arguments_raise(arg, value):
+    with pytest.raises(ValueError, match=arg):
+        create_optimizer(default_optimizer_config(), **{**BUILD, arg: value})
+
+
+def test_warmup_longer_than_run_raises():
+    cfg = default_optimizer_config()
+    cfg.schedule, cfg.warmup_epochs = "cosine", 10.0
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        create_optimizer(cfg, global_batch_size=256, steps_per_epoch=10, num_epochs=8)
+
+
+# ----------------------------------------------------------------------------- momentum form
+def test_optax_sgd_puts_the_learning_rate_outside_the_momentum_buffer():
+    """b_t = mu b_{t-1} + g_t, theta_t = theta_{t-1} - eta_t b_t (numpy): optax.sgd, the
+    factory's 'momentum', and rmsprop_warmup at alpha_sgd = 1 all follow it while eta changes
+    (the form with eta inside the buffer would lag behind each change)."""
+    rng = np.random.default_rng(0)
+    grads = [rng.normal(size=(4,)).astype(np.float32) for _ in range(12)]
+    cfg = default_optimizer_config()
+    cfg.update(name="momentum", schedule="goyal", weight_decay=0.0, base_learning_rate=1.0)
+    cfg.update(warmup_epochs=2.0, goyal_boundaries=(4.0, 6.0, 8.0))  # eta moves every 2 steps
+    factory_tx, schedules = create_optimizer(
+        cfg, global_batch_size=256, steps_per_epoch=1, num_epochs=12
+    )
+    eta = schedules["learning_rate"]
+    txs = {
+        "optax.sgd": optax.sgd(eta, momentum=0.9),
+        "factory momentum": factory_tx,
+        "rmsprop_warmup(alpha=1)": rmsprop_warmup(eta, 1.0),
+    }
+    b, theta, refs = 0.0, np.zeros(4), []
+    for t, g in enumerate(grads):
+        b = 0.9 * b + g
+        theta = theta - float(eta(t)) * b
+        refs.append(theta)
+    assert len({round(float(eta(t)), 6) for t in range(12)}) >= 4
+    for label, tx in txs.items():
+        p = jnp.zeros(4)
+        state = tx.init(p)
+        for t, g in enumerate(grads):
+            u, state = tx.update(jnp.asarray(g), state, p)
+            p = optax.apply_updates(p, u)
+            np.testing.assert_allclose(p, refs[t], rtol=1e-5, atol=1e-6, err_msg=f"{label} {t}")
+
+
+# ----------------------------------------------------------------------------- weight decay
+def _params():
+    return {
+        "dense": {"kernel": jnp.full((3, 2), 2.0), "bias": jnp.full((2,), 2.0)},
+        "norm": {"scale": jnp.full((2,), 2.0)},
+    }
+
+
+@pytest.mark.parametrize("name", ["momentum", "rmsprop_warmup", "nesterov"])
+@pytest.mark.parametrize("exclude", [False, True])
+def test_weight_decay_mask_excludes_1d_params(name, exclude):
+    cfg = default_optimizer_config()
+    cfg.update(
+        name=name,
+        schedule="constant",
+        base_learning_rate=1.0,
+        weight_decay=0.01,
+        weight_decay_exclude_1d=exclude,
+        beta_center=1000.0,  # alpha_sgd ~ 0 for rmsprop_warmup: updates are RMSprop steps
+    )
+    tx, _ = create_optimizer(cfg, **BUILD)
+    params = _params()
+    zero_grads = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = jax.jit(tx.update)(zero_grads, tx.init(params), params)
+    # With zero gradients, only weight decay moves parameters.
+    assert np.all(np.asarray(updates["dense"]["kernel"]) < 0)
+    for leaf in (updates["dense"]["bias"], updates["norm"]["scale"]):
+        if exclude:
+            np.testing.assert_array_equal(leaf, 0.0)
+        else:
+            assert np.all(np.asarray(leaf) < 0)
+    if name == "momentum":  # exactly -lr * wd * param on the first step
+        np.testing.assert_allclose(updates["dense"]["kernel"], -0.02, rtol=1e-6)
+
+
+@pytest.mark.parametrize("lars_exclude", [False, True])
+def test_lars_excludes_1d_params_from_decay_and_adaptation(lars_exclude):
+    cfg = default_optimizer_config()
+    cfg.update(name="lars", schedule="constant", base_learning_rate=1.0, weight_decay=0.0)
+    cfg.lars_exclude_1d = lars_exclude
+    tx, _ = create_optimizer(cfg, **BUILD)
+    params = _params()
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    # Without adaptation the update is -lr * g = -0.5; with it, -lr * tc * |w|/|g| * g.
+    trust = cfg.lars_trust_coefficient * 2.0 / 0.5
+    np.testing.assert_allclose(updates["dense"]["kernel"], -0.5 * trust, rtol=1e-5)
+    expected_1d = -0.5 if lars_exclude else -0.5 * trust
+    np.testing.assert_allclose(updates["norm"]["scale"], expected_1d, rtol=1e-5)
+    np.testing.assert_allclose(updates["dense"]["bias"], expected_1d, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- training
+class TinyMLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Dense(32)(x)
+        x = nn.LayerNorm()(x)  # 1-D scale and bias, like BN's
+        x = nn.relu(x)
+        return nn.Dense(4)(x)
+
+
+# Constant rates that make ~30 steps of each optimizer visibly reduce the loss.
+TRAIN_SETTINGS = {
+    "rmsprop_warmup": dict(base_learning_rate=0.1, rmsprop_learning_rate=3e-3),
+    "momentum": dict(base_learning_rate=0.05),
+    "nesterov": dict(base_learning_rate=0.05),
+    "lars": dict(base_learning_rate=5.0),
+    "lamb": dict(base_learning_rate=0.01),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_problem():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 16)).astype(np.float32)
+    teacher = rng.normal(size=(16, 4))
+    y = np.argmax(x @ teacher, axis=1)
+    model = TinyMLP()
+    params = model.init(jax.random.key(0), x[:1])["params"]
+    return model, params, jnp.asarray(x), jnp.asarray(y)
+
+
+@pytest.mark.parametrize("name", OPTIMIZER_NAMES)
+def test_each_optimizer_trains_a_tiny_mlp(name, tiny_problem):
+    model, params, x, y = tiny_problem
+    cfg = default_optimizer_config()
+    cfg.update(name=name, schedule="constant", **TRAIN_SETTINGS[name])
+    # 1 step per epoch: rmsprop_warmup hands over to SGD within the run (alpha = 1 at 12.5).
+    tx, _ = create_optimizer(cfg, global_batch_size=128, steps_per_epoch=1, num_epochs=30)
+
+    def loss_fn(p):
+        logits = model.apply({"params": p}, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    @jax.jit
+    def train_step(p, state):
+        loss, grads = jax.value_and_grad(loss_fn)(p)
+        updates, state = tx.update(grads, state, p)
+        return optax.apply_updates(p, updates), state, loss
+
+    state = tx.init(params)
+    losses = []
+    for _ in range(30):
+        params, state, loss = train_step(params, state)
+        losses.append(float(loss))
+    assert np.all(np.isfinite(losses))
+    assert losses[-1] < 0.7 * losses[0], losses
