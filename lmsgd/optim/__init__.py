@@ -15,6 +15,7 @@ from lmsgd.optim.factory import (
 )
 from lmsgd.optim.plotting import plot_schedules
 from lmsgd.optim.rmsprop_warmup import RMSpropWarmupState, rmsprop_warmup
+from lmsgd.optim.scaling import scale_epochs
 from lmsgd.optim.schedules import (
     alpha_sgd_schedule,
     constant_schedule,
@@ -26,6 +27,7 @@ from lmsgd.optim.schedules import (
 )
 
 __all__ = [
+    "scale_epochs",
     "OPTIMIZER_CONFIG_DOCS",
     "OPTIMIZER_NAMES",
     "SCHEDULE_NAMES",

@@ -1,0 +1,193 @@
+"""Image decoding and augmentation as TF graph ops (one example at a time, inside tf.data.map).
+
+All randomness is stateless: every random op takes a seed tensor derived from
+(seed, epoch, example index) by :func:`example_seed`, so an example gets the same crop and
+flip in an uninterrupted and in a resumed run, whatever the number of processes.
+
+Inputs are either encoded bytes (JPEG/PNG/GIF/BMP; JPEGs take the fused decode-and-crop
+path) or an already decoded uint8 [h, w, 3] image (digits, cached folders). Outputs are
+normalized float32 [S, S, 3] images; the pipeline casts to bfloat16 when asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from lmsgd.data._tf import tf
+
+# ImageNet channel statistics on the 0..255 scale (torchvision's numbers, as in the paper's
+# ChainerMN code which subtracts the per-channel mean).
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+# A crop window: (offset_y, offset_x, height, width) as int32 scalars.
+Window = tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]
+
+
+def example_seed(seed: tf.Tensor, epoch: tf.Tensor, index: tf.Tensor, stream: int) -> tf.Tensor:
+    """A [2] int64 seed for stateless ops, unique per (seed, epoch, example index, stream)."""
+    base = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    key = tf.random.experimental.stateless_fold_in(base, tf.constant(stream, tf.int64))
+    return tf.random.experimental.stateless_fold_in(key, tf.cast(index, tf.int64))
+
+
+def _decode_window(
+    image: tf.Tensor, window_fn: Callable[[tf.Tensor], Window], fused: bool
+) -> tf.Tensor:
+    """Crop ``window_fn(shape)`` out of ``image`` (encoded string or decoded uint8 array)."""
+    if image.dtype != tf.string:  # Already decoded.
+        oy, ox, h, w = window_fn(tf.shape(image))
+        return image[oy : oy + h, ox : ox + w, :]
+
+    def jpeg() -> tf.Tensor:
+        # The JPEG header gives the size without decoding the pixels.
+        oy, ox, h, w = window_fn(tf.io.extract_jpeg_shape(image))
+        if fused:
+            return tf.io.decode_and_crop_jpeg(image, tf.stack([oy, ox, h, w]), channels=3)
+        full = tf.io.decode_jpeg(image, channels=3)
+        return full[oy : oy + h, ox : ox + w, :]
+
+    def other() -> tf.Tensor:  # PNG, GIF, BMP: no partial decoding available.
+        full = decode_full(image)
+        oy, ox, h, w = window_fn(tf.shape(full))
+        return full[oy : oy + h, ox : ox + w, :]
+
+    out = tf.cond(tf.io.is_jpeg(image), jpeg, other)
+    out.set_shape([None, None, 3])
+    return out
+
+
+def decode_full(image: tf.Tensor) -> tf.Tensor:
+    """Encoded bytes (or a decoded array, passed through) -> uint8 [h, w, 3]."""
+    if image.dtype != tf.string:
+        return image
+    out = tf.io.decode_image(image, channels=3, expand_animations=False, dtype=tf.uint8)
+    out.set_shape([None, None, 3])
+    return out
+
+
+def inception_crop(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    size: int,
+    *,
+    area_range: Sequence[float] = (0.08, 1.0),
+    aspect_ratio_range: Sequence[float] = (3 / 4, 4 / 3),
+    fused: bool = True,
+) -> tf.Tensor:
+    """Inception random-resized crop: random area/aspect window, resized to [size, size, 3].
+
+    With ``fused`` and a JPEG input only the window is decoded (decode_and_crop_jpeg).
+    Returns float32 in 0..255.
+    """
+
+    def window(shape: tf.Tensor) -> Window:
+        begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
+            shape,
+            bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4]),
+            seed=seed,
+            min_object_covered=0.1,
+            aspect_ratio_range=tuple(aspect_ratio_range),
+            area_range=tuple(area_range),
+            max_attempts=10,
+            # After 10 failed attempts it returns the whole image, which is then resized.
+            use_image_if_no_bounding_boxes=True,
+        )
+        return begin[0], begin[1], extent[0], extent[1]
+
+    crop = _decode_window(image, window, fused)
+    return tf.image.resize(crop, [size, size], method="bilinear")
+
+
+def resize_random_crop(image: tf.Tensor, seed: tf.Tensor, size: int, ratio: float) -> tf.Tensor:
+    """ChainerMN-style: resize the image to a square of size/ratio (256 for 224), random crop.
+
+    The ChainerMN ImageNet example reads images pre-resized to 256x256 (aspect ratio not
+    kept) and crops 224 at a uniformly random offset; this reproduces that. float32 0..255.
+    """
+    big = int(round(size / ratio))
+    full = tf.image.resize(decode_full(image), [big, big], method="bilinear")
+    offsets = tf.random.stateless_uniform([2], seed, 0, big - size + 1, dtype=tf.int32)
+    return full[offsets[0] : offsets[0] + size, offsets[1] : offsets[1] + size, :]
+
+
+def center_crop_eval(image: tf.Tensor, size: int, ratio: float) -> tf.Tensor:
+    """Evaluation: resize the shorter side to size/ratio keeping aspect, center-crop size.
+
+    float32 0..255, [size, size, 3].
+    """
+    full = decode_full(image)
+    shape = tf.cast(tf.shape(full)[:2], tf.float32)
+    short = int(round(size / ratio))
+    scale = short / tf.reduce_min(shape)
+    # Round, and never go below the crop size (guards against float rounding down).
+    new_hw = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), size)
+    resized = tf.image.resize(full, new_hw, method="bilinear")
+    oy = (new_hw[0] - size) // 2
+    ox = (new_hw[1] - size) // 2
+    return resized[oy : oy + size, ox : ox + size, :]
+
+
+def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Flip left-right with probability 1/2, decided by ``seed``."""
+    flip = tf.random.stateless_uniform([], seed) < 0.5
+    return tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
+
+
+def normalize(
+    image: tf.Tensor, mean: Sequence[float], std: Sequence[float], dtype: tf.DType
+) -> tf.Tensor:
+    """(image - mean) / std per channel, then cast to ``dtype``."""
+    image = (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+    return tf.cast(image, dtype)
+
+
+def train_preprocess(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    size: int,
+    crop: str,
+    flip: bool,
+    ratio: float,
+    area_range: Sequence[float],
+    aspect_ratio_range: Sequence[float],
+    fused: bool,
+    mean: Sequence[float],
+    std: Sequence[float],
+    dtype: tf.DType,
+) -> tf.Tensor:
+    """One training example: crop ('inception' | 'resize_crop'), flip, normalize."""
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    if crop == "inception":
+        out = inception_crop(
+            image,
+            crop_seed,
+            size,
+            area_range=area_range,
+            aspect_ratio_range=aspect_ratio_range,
+            fused=fused,
+        )
+    elif crop == "resize_crop":
+        out = resize_random_crop(image, crop_seed, size, ratio)
+    else:
+        raise ValueError(f"crop={crop!r}; allowed: 'inception' | 'resize_crop'")
+    if flip:
+        out = random_flip(out, flip_seed)
+    out.set_shape([size, size, 3])
+    return normalize(out, mean, std, dtype)
+
+
+def eval_preprocess(
+    image: tf.Tensor,
+    *,
+    size: int,
+    ratio: float,
+    mean: Sequence[float],
+    std: Sequence[float],
+    dtype: tf.DType,
+) -> tf.Tensor:
+    """One evaluation example: resize shorter side, center crop, normalize."""
+    out = center_crop_eval(image, size, ratio)
+    out.set_shape([size, size, 3])
+    return normalize(out, mean, std, dtype)

@@ -1,0 +1,219 @@
+"""Where examples come from: one :class:`Source` per config.data.name.
+
+Two kinds of source feed the pipeline:
+
+* :class:`IndexedSplit` (image_folder, digits): random access by example index, so an epoch
+  is a full permutation, processes take disjoint index slices and resuming skips indices
+  before any file is read.
+* TFDS records (imagenet2012): sequential TFRecords, see :mod:`lmsgd.data.imagenet`.
+
+``synthetic`` needs no source beyond its :class:`DatasetInfo` (see :mod:`lmsgd.data.synthetic`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from lmsgd.data import augment, config, digits, folders, imagenet
+from lmsgd.data._tf import tf
+from lmsgd.data.info import DatasetInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexedSplit:
+    """A split addressable by index.
+
+    Attributes:
+      labels: [N] int32.
+      make_loader: builds (inside the tf.data graph) index -> image, where image is encoded
+        bytes (tf.string) or decoded uint8 [h, w, 3].
+      describe: index -> human-readable origin (a file path) for error messages.
+    """
+
+    labels: np.ndarray
+    make_loader: Callable[[], Callable[[tf.Tensor], tf.Tensor]]
+    describe: Callable[[int], str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A dataset as the pipeline sees it: info, normalization and per-split readers."""
+
+    info: DatasetInfo
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train: IndexedSplit | None = None  # None for imagenet2012 / synthetic.
+    eval: IndexedSplit | None = None
+    tfds_builder: Any = None  # imagenet2012 only.
+    train_split: str = "train"
+    eval_split: str = "validation"
+
+
+def make_source(cfg: Mapping[str, Any]) -> Source:
+    """Build the :class:`Source` for a (validated) config.data section."""
+    cfg = config.resolve(cfg)
+    size = cfg.image_size
+    shape = (size, size, 3)
+    if cfg.name == "synthetic":
+        info = DatasetInfo(
+            "synthetic",
+            cfg.num_classes or 1000,
+            shape,
+            cfg.num_train_examples,
+            cfg.num_eval_examples,
+        )
+        return Source(info, (0.0,) * 3, (1.0,) * 3)
+    if cfg.name == "digits":
+        src = _digits_source(cfg, shape)
+    elif cfg.name == "image_folder":
+        src = _folder_source(cfg, shape)
+    else:
+        src = _imagenet_source(cfg, shape)
+    if cfg.num_classes is not None and cfg.num_classes != src.info.num_classes:
+        raise ValueError(
+            f"config.data.num_classes={cfg.num_classes} but {cfg.name!r} has "
+            f"{src.info.num_classes} classes; leave num_classes=None (it is only needed for "
+            "synthetic data)"
+        )
+    return src
+
+
+def _digits_source(cfg, shape) -> Source:
+    splits = digits.load_digits_split(cfg.digits_validation_fraction)
+    mean, std = digits.digits_mean_std(cfg.digits_validation_fraction)
+
+    def indexed(name: str) -> IndexedSplit:
+        images, labels = splits[name]
+
+        def make_loader():
+            table = tf.constant(images)  # [N, 8, 8, 3] uint8, 200 KB: always in memory.
+            return lambda i: tf.gather(table, i)
+
+        return IndexedSplit(labels, make_loader, lambda i: f"digits {name} example {i}")
+
+    train, ev = indexed("train"), indexed("eval")
+    info = DatasetInfo(
+        "digits", digits.NUM_CLASSES, shape, len(train), len(ev), tuple(map(str, range(10)))
+    )
+    return Source(info, mean, std, train=train, eval=ev, train_split="train", eval_split="eval")
+
+
+def _folder_source(cfg, shape) -> Source:
+    root = cfg.data_dir
+    train = folders.list_split(root, cfg.train_split)
+    eval_name = folders.resolve_eval_split(root, cfg.eval_split)
+    ev = folders.list_split(root, eval_name)
+    folders.check_same_classes(train, ev)
+    info = DatasetInfo(
+        "image_folder", len(train.class_names), shape, len(train), len(ev), train.class_names
+    )
+
+    def indexed(split: folders.FolderSplit) -> IndexedSplit:
+        cache = cfg.cache
+        if cache == "auto":
+            cache = folders.estimate_decoded_bytes(split) <= cfg.cache_max_bytes
+        if cache:
+            # Memoized per (split dir, skip mode): decoded once per process.
+            make_loader = functools.partial(_decoded_cache_loader, split, cfg.skip_corrupt)
+        else:
+
+            def make_loader():
+                paths = tf.constant(split.paths)
+                return lambda i: tf.io.read_file(tf.gather(paths, i))
+
+        return IndexedSplit(split.labels, make_loader, lambda i: split.paths[int(i)])
+
+    return Source(
+        info,
+        augment.IMAGENET_MEAN,
+        augment.IMAGENET_STD,
+        train=indexed(train),
+        eval=indexed(ev),
+        train_split=cfg.train_split,
+        eval_split=eval_name,
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _decode_all(split: folders.FolderSplit, skip_corrupt: bool):
+    """Decode a whole split once: (flat uint8 buffer, [N] offsets, [N, 3] shapes, bad ids).
+
+    Variable-size images are packed into one flat buffer so that a lookup is a slice.
+    A file that fails to decode gets shape (0, 0, 3); with skip_corrupt=False it is an error.
+    """
+    n = len(split)
+    paths = tf.constant(split.paths)
+    ds = tf.data.Dataset.range(n).map(
+        lambda i: (i, augment.decode_full(tf.io.read_file(tf.gather(paths, i)))),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    ds = ds.ignore_errors().prefetch(tf.data.AUTOTUNE)
+    chunks: list[np.ndarray] = [np.zeros(0, np.uint8)] * n
+    shapes = np.zeros((n, 3), np.int64)
+    seen = np.zeros(n, bool)
+    for i, image in ds.as_numpy_iterator():
+        chunks[i] = image.reshape(-1)
+        shapes[i] = image.shape
+        seen[i] = True
+    bad = np.flatnonzero(~seen)
+    if bad.size and not skip_corrupt:
+        listed = ", ".join(split.paths[i] for i in bad[:5])
+        raise ValueError(
+            f"{bad.size} unreadable or corrupt image file(s) in {split.root!r}: {listed}"
+            f"{' ...' if bad.size > 5 else ''}. Remove or replace them, or set "
+            "config.data.skip_corrupt=True to skip and count them"
+        )
+    shapes[bad] = (0, 0, 3)
+    sizes = shapes.prod(axis=1)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    log.info("cached %d decoded images of %s (%.1f MB)", n, split.root, sizes.sum() / 1e6)
+    return np.concatenate(chunks), offsets, shapes, bad
+
+
+def _decoded_cache_loader(split: folders.FolderSplit, skip_corrupt: bool):
+    flat, offsets, shapes, _ = _decode_all(split, skip_corrupt)
+    flat_t = tf.constant(flat)
+    offsets_t, shapes_t = tf.constant(offsets), tf.constant(shapes)
+
+    def load(i):
+        shape = tf.gather(shapes_t, i)
+        size = tf.reduce_prod(shape)
+        # A corrupt entry raises here, so the pipeline drops and reports it like a
+        # failed decode (same counting with and without the cache).
+        with tf.control_dependencies([tf.debugging.assert_positive(size, message="corrupt image")]):
+            start = tf.gather(offsets_t, i)
+            return tf.reshape(flat_t[start : start + size], shape)
+
+    return load
+
+
+def _imagenet_source(cfg, shape) -> Source:
+    builder = imagenet.get_builder(cfg.data_dir, cfg.manual_dir)
+    eval_split = "validation" if cfg.eval_split == "auto" else cfg.eval_split
+    info = DatasetInfo(
+        "imagenet2012",
+        imagenet.NUM_CLASSES,
+        shape,
+        imagenet.num_examples(builder, cfg.train_split),
+        imagenet.num_examples(builder, eval_split),
+    )
+    return Source(
+        info,
+        augment.IMAGENET_MEAN,
+        augment.IMAGENET_STD,
+        tfds_builder=builder,
+        train_split=cfg.train_split,
+        eval_split=eval_split,
+    )

@@ -1,0 +1,84 @@
+"""digits (the default dataset) and synthetic data."""
+
+import jax
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+import lmsgd.data as data
+
+
+def test_digits_info_and_exact_eval():
+    cfg = data.default_data_config()
+    info = data.get_dataset_info(cfg)
+    ref = load_digits()
+    assert info.num_train_examples + info.num_eval_examples == len(ref.target) == 1797
+    assert info.num_eval_examples == pytest.approx(0.2 * 1797, abs=1)
+    assert info.num_classes == 10 and info.image_shape == (32, 32, 3)
+    labels, count = [], 0
+    for b in data.eval_batches(cfg, global_batch_size=64, sharding=None):
+        labels.append(b["label"][b["mask"] > 0])
+        count += len(b["mask"])
+    labels = np.concatenate(labels)
+    assert count == 64 * data.num_eval_batches(info, 64)
+    assert len(labels) == info.num_eval_examples
+    # Stratified split: every class is held out in proportion to its frequency.
+    np.testing.assert_allclose(
+        np.bincount(labels, minlength=10), np.bincount(ref.target) * 0.2, atol=1
+    )
+
+
+def test_digits_train_batches():
+    cfg = data.default_data_config()
+    it = data.train_batches(cfg, global_batch_size=128, seed=0, sharding=None)
+    x = np.concatenate([next(it)["image"] for _ in range(5)])
+    assert x.shape == (640, 32, 32, 3) and x.dtype == np.float32
+    # Normalized with the digits' own statistics: roughly zero mean, unit variance.
+    assert abs(x.mean()) < 0.25 and 0.7 < x.std() < 1.3
+    np.testing.assert_array_equal(x[..., 0], x[..., 2])  # grey in 3 channels
+    cfg.dtype, cfg.image_size = "bfloat16", 12
+    b = next(data.train_batches(cfg, global_batch_size=8, seed=0, sharding=None))
+    assert b["image"].dtype == jax.numpy.bfloat16 and b["image"].shape == (8, 12, 12, 3)
+
+
+def test_digits_eval_image_matches_reference():
+    """At 8x8 with crop ratio 1 the eval image is the raw digit: find it in scikit-learn."""
+    cfg = data.default_data_config()
+    cfg.image_size, cfg.eval_crop_ratio = 8, 1.0  # no resize, no crop: raw pixels
+    b = next(iter(data.eval_batches(cfg, global_batch_size=4, sharding=None)))
+    from lmsgd.data.digits import digits_mean_std, load_digits_split
+
+    images, labels = load_digits_split(0.2)["eval"]
+    mean, std = digits_mean_std(0.2)
+    raw = b["image"][0, :, :, 0] * std[0] + mean[0]
+    idx = np.flatnonzero(
+        np.all(np.round(load_digits().images * 255 / 16) == np.round(raw)[None], axis=(1, 2))
+    )
+    assert len(idx) >= 1 and load_digits().target[idx[0]] == b["label"][0] == labels[0]
+
+
+def test_synthetic_on_device(monkeypatch):
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    cfg = data.default_data_config()
+    cfg.name, cfg.image_size, cfg.num_classes = "synthetic", 16, 7
+    cfg.num_train_examples, cfg.num_eval_examples = 100, 20
+    info = data.get_dataset_info(cfg)
+    assert (info.num_classes, info.num_train_examples, info.image_shape) == (7, 100, (16, 16, 3))
+    it = data.train_batches(cfg, global_batch_size=16, seed=0, sharding=sharding)
+    b = next(it)
+    assert b["image"].shape == (16, 16, 16, 3) and b["image"].sharding.spec[0] == "data"
+    assert int(b["label"].max()) < 7
+    next(it)
+    assert (it.epoch, it.step) == (0, 2)
+    masks = [
+        np.asarray(e["mask"])
+        for e in data.eval_batches(cfg, global_batch_size=16, sharding=sharding)
+    ]
+    assert len(masks) == 2 and sum(m.sum() for m in masks) == 20
+    local = next(
+        data.train_batches(
+            cfg, global_batch_size=16, seed=0, sharding=None, process_index=1, process_count=2
+        )
+    )
+    assert isinstance(local["image"], np.ndarray) and local["image"].shape[0] == 8
