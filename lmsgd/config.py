@@ -25,85 +25,163 @@ from lmsgd.parallel.allreduce import DTYPES as ALLREDUCE_DTYPES
 SECTIONS = ("model", "optimizer", "data", "allreduce", "checkpoint", "logging")
 
 TOP_LEVEL: dict[str, s.Key] = {
-    "seed": s.Key(0, "Seed of parameter initialization and data order.", s.nonneg_int,
-                  "a non-negative integer"),
-    "num_epochs": s.Key(90.0, "Training length in epochs (fractions allowed).", s.positive,
-                        "a positive number of epochs"),
+    "seed": s.Key(
+        0,
+        "Seed of parameter initialization and data order.",
+        s.nonneg_int,
+        "a non-negative integer",
+    ),
+    "num_epochs": s.Key(
+        90.0,
+        "Training length in epochs (fractions allowed).",
+        s.positive,
+        "a positive number of epochs",
+    ),
     "global_batch_size": s.Key(
-        32768, "Images per optimizer step over all devices (per device = this / devices).",
-        s.positive_int, "a positive integer divisible by the number of devices"),
+        32768,
+        "Images per optimizer step over all devices (per device = this / devices).",
+        s.positive_int,
+        "a positive integer divisible by the number of devices",
+    ),
     "eval_batch_size": s.Key(
-        None, "Global evaluation batch; None: same as global_batch_size.",
-        s.optional(s.positive_int), "None or a positive integer divisible by the devices"),
+        None,
+        "Global evaluation batch; None: same as global_batch_size.",
+        s.optional(s.positive_int),
+        "None or a positive integer divisible by the devices",
+        int,
+    ),
     "eval_every_epochs": s.Key(
-        10.0, "Evaluate every this many epochs (and always at the end).", s.positive,
-        "a positive number of epochs"),
+        10.0,
+        "Evaluate every this many epochs (and always at the end).",
+        s.positive,
+        "a positive number of epochs",
+    ),
     "stop_after_steps": s.Key(
-        None, "Tests and tutorials: stop after this many steps without a final checkpoint, "
-        "as a crash would; a rerun resumes.", s.optional(s.positive_int),
-        "None or a positive integer"),
+        None,
+        "Tests and tutorials: stop after this many steps without a final checkpoint, "
+        "as a crash would; a rerun resumes.",
+        s.optional(s.positive_int),
+        "None or a positive integer",
+        int,
+    ),
     "num_cpu_devices": s.Key(
-        None, "Simulate this many CPU devices (laptops, CI). Takes effect only on the CPU "
+        None,
+        "Simulate this many CPU devices (laptops, CI). Takes effect only on the CPU "
         "backend and only before JAX initializes it (the command line does this).",
-        s.optional(s.positive_int), "None or a positive integer"),
+        s.optional(s.positive_int),
+        "None or a positive integer",
+        int,
+    ),
     "distributed": s.Key(
-        "auto", "Call jax.distributed.initialize(): 'auto' when a multi-process environment is "
+        "auto",
+        "Call jax.distributed.initialize(): 'auto' when a multi-process environment is "
         "detected (JAX_COORDINATOR_ADDRESS, SLURM, Cloud TPU pod), or True / False.",
-        s.one_of("auto", True, False), "'auto', True or False"),
+        s.one_of("auto", True, False),
+        "'auto', True or False",
+    ),
 }
 
 MODEL: dict[str, s.Key] = {
-    "name": s.Key("resnet50", "Architecture.", s.one_of(*ARCHITECTURES),
-                  f"one of {tuple(ARCHITECTURES)}"),
-    "num_classes": s.Key(None, "Head size; None: the dataset's number of classes.",
-                         s.optional(s.positive_int), "None or a positive integer"),
-    "dtype": s.Key("float32", "Compute dtype (parameters stay float32).", s.one_of(*DTYPES),
-                   f"one of {tuple(DTYPES)}"),
-    "width_multiplier": s.Key(1.0, "Scales every layer's width (tiny test models).", s.positive,
-                              "a positive number"),
-    "zero_init_residual": s.Key(True, "Zero-init the last norm scale of each residual branch.",
-                                s.is_bool, "True or False"),
+    "name": s.Key(
+        "resnet50", "Architecture.", s.one_of(*ARCHITECTURES), f"one of {tuple(ARCHITECTURES)}"
+    ),
+    "num_classes": s.Key(
+        None,
+        "Head size; None: the dataset's number of classes.",
+        s.optional(s.positive_int),
+        "None or a positive integer",
+        int,
+    ),
+    "dtype": s.Key(
+        "float32",
+        "Compute dtype (parameters stay float32).",
+        s.one_of(*DTYPES),
+        f"one of {tuple(DTYPES)}",
+    ),
+    "width_multiplier": s.Key(
+        1.0, "Scales every layer's width (tiny test models).", s.positive, "a positive number"
+    ),
+    "zero_init_residual": s.Key(
+        True, "Zero-init the last norm scale of each residual branch.", s.is_bool, "True or False"
+    ),
     "norm_mode": s.Key(
-        "batch_stats", "'batch_stats': normalize with batch statistics only, no moving averages "
+        "batch_stats",
+        "'batch_stats': normalize with batch statistics only, no moving averages "
         "(the paper); 'moving_average': classic EMAs for evaluation (the ablation).",
-        s.one_of(*MODES), f"one of {MODES}"),
+        s.one_of(*MODES),
+        f"one of {MODES}",
+    ),
     "bn_group_size": s.Key(
-        1, "Devices whose examples are normalized together: 1 = per device (the paper), "
-        "k = groups of k devices, 0 = all devices.", s.nonneg_int, "a non-negative integer"),
-    "bn_momentum": s.Key(0.9, "EMA decay ('moving_average' mode only).",
-                         lambda x: s.is_number(x) and 0 <= x < 1, "a number in [0, 1)"),
+        1,
+        "Devices whose examples are normalized together: 1 = per device (the paper), "
+        "k = groups of k devices, 0 = all devices.",
+        s.nonneg_int,
+        "a non-negative integer",
+    ),
+    "bn_momentum": s.Key(
+        0.9,
+        "EMA decay ('moving_average' mode only).",
+        lambda x: s.is_number(x) and 0 <= x < 1,
+        "a number in [0, 1)",
+    ),
     "bn_epsilon": s.Key(1e-5, "Added to the variance.", s.positive, "a positive number"),
     "eval_stats_batches": s.Key(
-        1, "'batch_stats' mode: statistics for evaluation. 1 = those of the last training batch "
+        1,
+        "'batch_stats' mode: statistics for evaluation. 1 = those of the last training batch "
         "averaged over all workers (the paper); K > 1 = recomputed with the final weights over "
-        "K fresh training batches ('precise BN').", s.positive_int, "a positive integer"),
+        "K fresh training batches ('precise BN').",
+        s.positive_int,
+        "a positive integer",
+    ),
 }
 
 ALLREDUCE: dict[str, s.Key] = {
-    "dtype": s.Key("float32", "What gradients travel in; the result is used in float32.",
-                   s.one_of(*ALLREDUCE_DTYPES), f"one of {tuple(ALLREDUCE_DTYPES)}"),
+    "dtype": s.Key(
+        "float32",
+        "What gradients travel in; the result is used in float32.",
+        s.one_of(*ALLREDUCE_DTYPES),
+        f"one of {tuple(ALLREDUCE_DTYPES)}",
+    ),
     "algorithm": s.Key(
-        "flat", "'flat' (one all-reduce), 'hierarchical' (inside hosts, then across), "
-        "'two_dimensional' (reduce-scatter, all-reduce, all-gather).", s.one_of(*ALGORITHMS),
-        f"one of {ALGORITHMS}"),
-    "fuse": s.Key(True, "One flat buffer for all gradients (True) or one per tensor.",
-                  s.is_bool, "True or False"),
+        "flat",
+        "'flat' (one all-reduce), 'hierarchical' (inside hosts, then across), "
+        "'two_dimensional' (reduce-scatter, all-reduce, all-gather).",
+        s.one_of(*ALGORITHMS),
+        f"one of {ALGORITHMS}",
+    ),
+    "fuse": s.Key(
+        True,
+        "One flat buffer for all gradients (True) or one per tensor.",
+        s.is_bool,
+        "True or False",
+    ),
     "mesh_shape": s.Key(
-        None, "None: 1-D mesh for 'flat', (processes, local devices) otherwise; or an explicit "
+        None,
+        "None: 1-D mesh for 'flat', (processes, local devices) otherwise; or an explicit "
         "(devices,) or (hosts, local_devices).",
-        s.optional(lambda x: isinstance(x, (tuple, list)) and 1 <= len(x) <= 2
-                   and all(s.positive_int(v) for v in x)),
-        "None, (devices,) or (hosts, local_devices)"),
+        s.optional(
+            lambda x: (
+                isinstance(x, (tuple, list))
+                and 1 <= len(x) <= 2
+                and all(s.positive_int(v) for v in x)
+            )
+        ),
+        "None, (devices,) or (hosts, local_devices)",
+        tuple,
+    ),
 }
 
 CHECKPOINT: dict[str, s.Key] = {
-    "enabled": s.Key(True, "Save and resume checkpoints in <workdir>/checkpoints.", s.is_bool,
-                     "True or False"),
-    "every_steps": s.Key(1000, "Save every this many steps (and at the end).", s.positive_int,
-                         "a positive integer"),
+    "enabled": s.Key(
+        True, "Save and resume checkpoints in <workdir>/checkpoints.", s.is_bool, "True or False"
+    ),
+    "every_steps": s.Key(
+        1000, "Save every this many steps (and at the end).", s.positive_int, "a positive integer"
+    ),
     "keep": s.Key(3, "Checkpoints kept (the newest).", s.positive_int, "a positive integer"),
-    "async_save": s.Key(True, "Write checkpoints in the background (orbax).", s.is_bool,
-                        "True or False"),
+    "async_save": s.Key(
+        True, "Write checkpoints in the background (orbax).", s.is_bool, "True or False"
+    ),
 }
 
 LOGGING: dict[str, s.Key] = {
@@ -115,7 +193,7 @@ LOGGING: dict[str, s.Key] = {
         None, "(start, stop): trace these steps with jax.profiler into <workdir>/profile.",
         s.optional(lambda x: isinstance(x, (tuple, list)) and len(x) == 2
                    and all(s.nonneg_int(v) for v in x) and x[0] < x[1]),
-        "None or (start_step, stop_step) with start < stop"),
+        "None or (start_step, stop_step) with start < stop", tuple),
 }  # fmt: skip
 
 _SECTION_KEYS = {"model": MODEL, "allreduce": ALLREDUCE, "checkpoint": CHECKPOINT,
@@ -127,8 +205,11 @@ def base_config() -> ml_collections.ConfigDict:
     cfg = s.defaults(TOP_LEVEL)
     for name, keys in _SECTION_KEYS.items():
         cfg[name] = s.defaults(keys)
-    cfg.optimizer = default_optimizer_config()
-    cfg.data = default_data_config()
+    # Typed placeholders for the None defaults of the sections kept with their code.
+    cfg.optimizer = s.with_placeholders(default_optimizer_config(), {"base_learning_rate": float})
+    cfg.data = s.with_placeholders(
+        default_data_config(), {"data_dir": str, "manual_dir": str, "num_classes": int}
+    )
     return cfg
 
 
@@ -149,3 +230,23 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
             f"config.allreduce.algorithm={cfg['allreduce']['algorithm']!r} needs a 2-D "
             f"mesh_shape (hosts, local_devices); got {tuple(mesh_shape)}"
         )
+
+
+def load_config_file(path: str, sibling: str | None = None) -> ml_collections.ConfigDict:
+    """Calls `get_config()` of a config file; `sibling` names a file next to `path` instead.
+
+    Lets baseline configs start from the paper's (`load_config_file(__file__,
+    "imagenet_resnet50_akiba32k.py")`) wherever the command runs from.
+    """
+    import importlib.util
+    import pathlib
+
+    file = pathlib.Path(path)
+    if sibling is not None:
+        file = file.with_name(sibling)
+    spec = importlib.util.spec_from_file_location(f"lmsgd_config_{file.stem}", file)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"config file {file} not found")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()

@@ -45,6 +45,8 @@ def maybe_initialize(mode: str | bool = "auto") -> None:
             coordinator_address=os.environ[COORDINATOR_ENV],
             num_processes=int(os.environ[NUM_PROCESSES_ENV]),
             process_id=int(os.environ[PROCESS_ID_ENV]),
+            # Everything is given: skip JAX's own cluster probing (e.g. the Kubernetes API).
+            cluster_detection_method="deactivate",
         )
     log.info("initializing jax.distributed (%s) %s", env or "requested", kwargs)
     jax.distributed.initialize(**kwargs)

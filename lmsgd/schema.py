@@ -19,6 +19,7 @@ class Key(NamedTuple):
     doc: str
     check: Callable[[Any], bool]
     allowed: str
+    kind: type | None = None  # the type of a None default, so --config.key=value can set it
 
 
 def is_int(x: Any) -> bool:
@@ -58,7 +59,24 @@ def optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
 
 
 def defaults(keys: Mapping[str, Key]) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({k: spec.default for k, spec in keys.items()})
+    return with_placeholders(
+        ml_collections.ConfigDict({k: spec.default for k, spec in keys.items()}),
+        {k: spec.kind for k, spec in keys.items() if spec.kind is not None},
+    )
+
+
+def with_placeholders(
+    cfg: ml_collections.ConfigDict, kinds: Mapping[str, type]
+) -> ml_collections.ConfigDict:
+    """Turns None values into typed placeholders.
+
+    ml_collections cannot parse a command-line override of a plain None (it does not know the
+    type); a placeholder keeps None as the default and accepts a value of its type.
+    """
+    for key, kind in kinds.items():
+        if cfg[key] is None:
+            cfg[key] = ml_collections.config_dict.placeholder(kind)
+    return cfg
 
 
 def validate(cfg: Mapping[str, Any], keys: Mapping[str, Key], section: str) -> None:

@@ -5,32 +5,20 @@ repository. Only a few images are decoded here, to keep the test fast.
 """
 
 import os
-import pathlib
-import tarfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import lmsgd.data as data
+from lmsgd.data.prepare import cifar10_root
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 @pytest.fixture(scope="module")
 def cifar_root(shared_data_dir):
-    cache = pathlib.Path(os.environ.get("LMSGD_CACHE_DIR", pathlib.Path.home() / ".cache/lmsgd"))
-    target = cache / "cifar10-jpeg"
-    done = target / ".unpacked"
-    if not done.exists():
-        target.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(shared_data_dir / "cifar10-jpeg.tar.gz") as tar:
-            tar.extractall(target, filter="data")
-        done.write_text("ok\n")
-    # The archive may or may not have a top-level folder.
-    roots = [p for p in [target, *target.iterdir()] if (p / "train").is_dir()]
-    assert roots, f"no train/ folder in {target}"
-    return roots[0]
+    return cifar10_root(shared_data_dir / "cifar10-jpeg.tar.gz")
 
 
 def test_cifar_counts(cifar_root):

@@ -1,0 +1,44 @@
+"""The paper: ResNet-50 on ImageNet at a global batch of 32,768 (Akiba et al. 2017).
+
+    python -m lmsgd.train --config configs/imagenet_resnet50_akiba32k.py \
+        --workdir gs://BUCKET/akiba32k --config.data.data_dir=gs://BUCKET/tensorflow_datasets
+
+Hardware: 1,024 accelerators x 32 images (the paper: 1,024 P100s), e.g. a TPU v4-2048 /
+v5p-2048 slice or 128 nodes of 8 GPUs; see docs/scaling_out.md for other mappings (fewer,
+larger devices keep the global batch; set model.bn_group_size to keep 32 images per BN group).
+Recipe: RMSprop warm-up (beta_center 10, beta_period 5 epochs), slow-start schedule
+(0.5 / 0.075 / 0.01 / 0.001 x 12.8 at epochs 40 / 70 / 85), batch-statistics-only
+normalization per device (32 images), no moving averages, float16 all-reduce, 90 epochs.
+Expected: 74.9% top-1 in 15 minutes on 1,024 P100s (the paper's numbers; not measured here).
+"""
+
+from lmsgd.config import base_config
+
+
+def get_config():
+    config = base_config()
+    config.num_epochs = 90.0
+    config.global_batch_size = 32768
+    config.eval_batch_size = 32768
+    config.eval_every_epochs = 10.0
+
+    config.model.name = "resnet50"
+    config.model.dtype = "float32"  # the paper trained in fp32; bfloat16 is the modern choice
+    config.model.norm_mode = "batch_stats"
+    config.model.bn_group_size = 1  # 32 images per device
+    config.model.eval_stats_batches = 1  # last training batch, averaged over workers
+
+    config.optimizer.name = "rmsprop_warmup"
+    config.optimizer.schedule = "slow_start"
+    config.optimizer.weight_decay = 1e-4
+
+    config.data.name = "imagenet2012"
+    config.data.image_size = 224
+    config.data.crop = "inception"
+
+    config.allreduce.dtype = "float16"
+    config.allreduce.algorithm = "flat"
+
+    config.checkpoint.every_steps = 500
+    config.logging.every_steps = 20
+    return config

@@ -1,0 +1,142 @@
+"""Checkpoints with orbax: asynchronous, atomic, refused when written under another config.
+
+Layout: `<workdir>/checkpoints/<step>/{state,meta}`. `state` is the whole `TrainState`
+(parameters, optimizer state, normalization state, step); the data position and the RNG are
+functions of (seed, step), so they need no storage. `meta` records the config and a
+fingerprint of what must match to resume. Orbax writes each checkpoint to a temporary directory
+and renames it when complete, so a run killed mid-save leaves the previous one restorable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+# Config entries that change the shapes or meaning of the saved state.
+FINGERPRINT_KEYS = (
+    ("model", "name"),
+    ("model", "num_classes"),
+    ("model", "width_multiplier"),
+    ("model", "norm_mode"),
+    ("optimizer", "name"),
+    ("optimizer", "delta_dtype"),
+)
+
+
+class IncompatibleCheckpointError(ValueError):
+    """The workdir holds a checkpoint of another configuration."""
+
+
+def state_fingerprint(state: Any) -> dict[str, Any]:
+    """Shapes and dtypes of every state leaf, hashed, plus a readable summary."""
+    leaves = jax.tree_util.tree_leaves_with_path(state)
+    desc = [f"{jax.tree_util.keystr(path)}:{tuple(x.shape)}:{x.dtype}" for path, x in leaves]
+    return {
+        "num_leaves": len(desc),
+        "shapes_sha256": hashlib.sha256("\n".join(desc).encode()).hexdigest(),
+    }
+
+
+def config_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {f"{a}.{b}": config[a][b] for a, b in FINGERPRINT_KEYS}
+
+
+class Checkpointer:
+    """Saves and restores `TrainState`s in `<workdir>/checkpoints`.
+
+    Args:
+      workdir: the run directory (local path or gs:// bucket).
+      every_steps: save interval; `save(..., force=True)` saves regardless.
+      keep: number of newest checkpoints kept.
+      async_save: write in a background thread (orbax); `wait()` before exiting.
+    """
+
+    def __init__(self, workdir: str, *, every_steps: int, keep: int, async_save: bool):
+        self.directory = os.path.join(os.path.abspath(workdir) if "://" not in workdir
+                                      else workdir, "checkpoints")  # fmt: skip
+        self.every_steps = every_steps
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            save_interval_steps=1,  # the interval is decided by `should_save`
+            enable_async_checkpointing=async_save,
+            create=True,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "meta")
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def should_save(self, step: int) -> bool:
+        return step % self.every_steps == 0
+
+    def save(self, step: int, state: Any, config: Mapping[str, Any]) -> None:
+        meta = {
+            "step": int(step),
+            "config": json.loads(config.to_json()) if hasattr(config, "to_json") else dict(config),
+            "config_fingerprint": config_fingerprint(config),
+            "state_fingerprint": state_fingerprint(state),
+        }
+        try:
+            self._manager.save(
+                int(step),
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                ),
+                force=True,
+            )
+        except OSError as e:  # full disk, permissions
+            raise OSError(
+                f"could not write checkpoint {step} to {self.directory}: {e}. The previous "
+                f"checkpoint ({self.latest_step()}) is intact; free space or fix permissions."
+            ) from e
+
+    def restore(self, state_template: Any, config: Mapping[str, Any], step: int | None = None):
+        """Restores the given (default: latest) checkpoint into the template's shardings.
+
+        Raises IncompatibleCheckpointError, naming what differs, if it was written under a
+        configuration with other model/optimizer settings or state shapes.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+            "meta"
+        ]
+        ours = config_fingerprint(config)
+        theirs = meta.get("config_fingerprint", {})
+        diffs = [f"{k}: checkpoint {theirs.get(k)!r} vs config {v!r}"
+                 for k, v in ours.items() if theirs.get(k) != v]  # fmt: skip
+        if not diffs and meta.get("state_fingerprint") != state_fingerprint(state_template):
+            diffs.append("parameter or optimizer-state shapes differ")
+        if diffs:
+            raise IncompatibleCheckpointError(
+                f"checkpoint {step} in {self.directory} was written under another "
+                f"configuration ({'; '.join(diffs)}). Use a new --workdir, or the config it "
+                "was written with (saved in its meta and in <workdir>/config.json)."
+            )
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template)
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        )
+        return restored["state"], step
+
+    def reached_preemption(self, step: int) -> bool:
+        """True on every process once any was told to stop (multi-process runs)."""
+        return self._manager.reached_preemption(step)
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()
