@@ -140,3 +140,26 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def load_state_arrays(workdir: str, step: int | None = None) -> tuple[int, Any]:
+    """The saved `TrainState` of a run as host (numpy) arrays, on any machine or topology.
+
+    For inspection, export and tests; training resumes through `Checkpointer.restore`.
+    Returns (step, nested dict of arrays).
+    """
+    directory = os.path.join(workdir, "checkpoints")
+    if step is None:
+        steps = [int(p) for p in os.listdir(directory) if p.isdigit()]
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {directory}")
+        step = max(steps)
+    path = os.path.join(directory, str(step), "state")
+    checkpointer = ocp.StandardCheckpointer()
+    metadata = checkpointer.metadata(path)
+    tree = getattr(metadata, "item_metadata", metadata)
+    tree = getattr(tree, "tree", tree)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+    state = checkpointer.restore(path, target)
+    return step, jax.tree.map(lambda x: jax.device_get(x), state)

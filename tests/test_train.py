@@ -10,10 +10,9 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from lmsgd.checkpointing import IncompatibleCheckpointError
+from lmsgd.checkpointing import IncompatibleCheckpointError, load_state_arrays
 from lmsgd.config import base_config, load_config_file, validate_config
 from lmsgd.train import NonFiniteLossError, train_and_evaluate
 
@@ -49,10 +48,7 @@ def tiny_config(**overrides):
 
 
 def final_params(workdir):
-    ckpt_dir = pathlib.Path(workdir) / "checkpoints"
-    step = max(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
-    restored = ocp.StandardCheckpointer().restore(ckpt_dir / str(step) / "state")
-    return step, restored
+    return load_state_arrays(str(workdir))
 
 
 def test_end_to_end(tmp_path):
