@@ -149,9 +149,7 @@ def make_train_step(
             )
             return jnp.mean(cross_entropy(logits, batch["label"])), (logits, updates)
 
-        (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            local_params
-        )
+        (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(local_params)
         grads = allreduce_mean(
             grads,
             data_axes=axes,
@@ -175,9 +173,7 @@ def make_train_step(
         )
         return new_state, metrics
 
-    step = jax.shard_map(
-        per_device, mesh=mesh, in_specs=(P(), P(axes)), out_specs=(P(), P())
-    )
+    step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(axes)), out_specs=(P(), P()))
     return jax.jit(
         step,
         in_shardings=(replicated(mesh), batch_sharding(mesh)),
@@ -207,9 +203,7 @@ def make_eval_step(model: nn.Module, mesh: Mesh) -> Callable[[TrainState, Batch]
             "count": jnp.sum(mask),
             "loss_sum": jnp.sum(cross_entropy(logits, labels) * mask),
             "top1_correct": jnp.sum(topk_correct(logits, labels, 1) * mask),
-            "top5_correct": jnp.sum(
-                topk_correct(logits, labels, min(5, logits.shape[-1])) * mask
-            ),
+            "top5_correct": jnp.sum(topk_correct(logits, labels, min(5, logits.shape[-1])) * mask),
         }
         return jax.lax.psum(sums, axes)
 

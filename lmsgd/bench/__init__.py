@@ -8,5 +8,9 @@ Each suite is a sibling module registered in :data:`SUITES` that provides
 
 # suite name -> module (imported only when that suite runs, so each keeps its own deps).
 SUITES: dict[str, str] = {
+    "step": "lmsgd.bench.step",
+    "allreduce": "lmsgd.bench.allreduce",
+    "optimizer": "lmsgd.bench.optimizer",
     "input": "lmsgd.bench.input",
+    "all": "lmsgd.bench.all_suites",
 }
