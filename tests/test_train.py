@@ -206,7 +206,8 @@ def test_every_config_file_validates(name):
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"model.eval_stats_batches": 2},  # precise BN over 2 fresh batches
+        # precise BN over 2 fresh batches, and a profile of steps 1-3
+        {"model.eval_stats_batches": 2, "logging.profile_steps": (1, 3)},
         {"model.norm_mode": "moving_average"},  # the ablation
         {
             "model.bn_group_size": 2,
@@ -220,3 +221,5 @@ def test_variants_train_and_evaluate(tmp_path, overrides):
     summary = train_and_evaluate(tiny_config(num_epochs=0.2, **overrides), str(tmp_path))
     assert summary["eval_examples"] == 360
     assert np.isfinite(summary["eval_loss"])
+    if "logging.profile_steps" in overrides:
+        assert list((tmp_path / "profile").rglob("*.xplane.pb"))
