@@ -8,11 +8,14 @@ No TensorFlow here: importing this module is cheap.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import ml_collections
+
+from lmsgd.schema import Key as _Key
+from lmsgd.schema import is_int as _is_int
+from lmsgd.schema import is_number as _is_number
 
 DATASET_NAMES = ("digits", "image_folder", "imagenet2012", "synthetic")
 CROP_MODES = ("auto", "inception", "resize_crop")
@@ -23,21 +26,6 @@ FOLDER_EVAL_SPLITS = ("val", "validation", "test")
 # ImageNet-1k (ILSVRC2012) sizes; also the synthetic defaults so that epochs look alike.
 IMAGENET_NUM_TRAIN = 1_281_167
 IMAGENET_NUM_EVAL = 50_000
-
-
-class _Key(NamedTuple):
-    default: Any
-    doc: str
-    check: Callable[[Any], bool]
-    allowed: str
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _opt_str(x: Any) -> bool:

@@ -6,35 +6,19 @@
 
 from __future__ import annotations
 
-import math
-import numbers
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
+
+from lmsgd.schema import Key as _Key
+from lmsgd.schema import is_number as _is_number
+from lmsgd.schema import nonneg as _nonneg
+from lmsgd.schema import positive as _positive
 
 OPTIMIZER_NAMES = ("rmsprop_warmup", "momentum", "nesterov", "lars", "lamb")
 SCHEDULE_NAMES = ("slow_start", "goyal", "polynomial", "cosine", "constant")
 DELTA_DTYPES = ("float32", "bfloat16")
-
-
-class _Key(NamedTuple):
-    default: Any
-    doc: str
-    check: Callable[[Any], bool]
-    allowed: str
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _nonneg(x: Any) -> bool:
-    return _is_number(x) and x >= 0
-
-
-def _positive(x: Any) -> bool:
-    return _is_number(x) and x > 0
 
 
 def _unit_interval_open(x: Any) -> bool:
