@@ -1,0 +1,28 @@
+"""(b) Batch 1,280: momentum SGD with the linear scaling rule and no warm-up.
+
+    python -m lmsgd.data.prepare cifar10      # once; prints the folder
+    python -m lmsgd.train --config configs/cifar10_large_batch/b_linear_scaling.py:full \
+        --workdir DIR --config.data.data_dir=$(python -m lmsgd.data.prepare cifar10)
+
+Presets after the colon (`:full` default, `:quick`, `:tiny`) are those of
+`python -m lmsgd.experiments.large_batch` (lmsgd/experiments/large_batch.py, `PRESETS`).
+Hardware: one GPU, or 8 simulated CPU devices (160 images per device).
+Recipe: recipe (c) without its warm-up: momentum 0.9, eta = 0.1 x 1280 / 256 = 0.5 from the
+first step, x0.1 at epochs 30 / 60 / 80 of 90, weight decay 1e-4 not on BN and biases, BN per
+device (160 images) with moving averages for evaluation, float32 all-reduce.
+Expected: below (c) (Goyal et al.: without warm-up large batches lose accuracy early); not
+measured here.
+"""
+
+from lmsgd.experiments.large_batch import cifar10_config, finalize
+
+
+def get_config(preset="full"):
+    config = cifar10_config()
+    config.model.norm_mode = "moving_average"
+    config.optimizer.name = "momentum"
+    config.optimizer.schedule = "goyal"
+    config.optimizer.warmup_epochs = 0.0
+    config.optimizer.base_learning_rate = None  # linear scaling rule: 0.1 x batch / 256
+    config.optimizer.weight_decay_exclude_1d = True
+    return finalize(config, preset)
