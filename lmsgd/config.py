@@ -232,8 +232,11 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         )
 
 
-def load_config_file(path: str, sibling: str | None = None) -> ml_collections.ConfigDict:
-    """Calls `get_config()` of a config file; `sibling` names a file next to `path` instead.
+def load_config_file(
+    path: str, sibling: str | None = None, arg: str | None = None
+) -> ml_collections.ConfigDict:
+    """Calls `get_config()` (or `get_config(arg)`, as `--config file.py:arg` does) of a config
+    file; `sibling` names a file next to `path` instead.
 
     Lets baseline configs start from the paper's (`load_config_file(__file__,
     "imagenet_resnet50_akiba32k.py")`) wherever the command runs from.
@@ -249,4 +252,4 @@ def load_config_file(path: str, sibling: str | None = None) -> ml_collections.Co
         raise FileNotFoundError(f"config file {file} not found")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module.get_config() if arg is None else module.get_config(arg)

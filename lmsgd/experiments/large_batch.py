@@ -55,7 +55,7 @@ from typing import Any
 
 import ml_collections
 
-from lmsgd.config import base_config
+from lmsgd.config import base_config, load_config_file
 from lmsgd.data.prepare import cache_dir, cifar10_root
 from lmsgd.optim import scale_epochs
 
@@ -255,13 +255,9 @@ def recipe_path(recipe: str | Recipe) -> pathlib.Path:
 
 def load_recipe(path: str | os.PathLike, preset: str = "full") -> ml_collections.ConfigDict:
     """`get_config(preset)` of a recipe file: what `--config <path>:<preset>` gives."""
-    path = pathlib.Path(path)
-    spec = importlib.util.spec_from_file_location(f"lmsgd_recipe_{path.stem}", path)
-    if spec is None or spec.loader is None:
+    if not pathlib.Path(path).exists():
         raise FileNotFoundError(f"recipe config {path} not found")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset)
+    return load_config_file(str(path), arg=preset)
 
 
 def _settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
