@@ -118,6 +118,14 @@ MODEL: dict[str, s.Key] = {
         s.nonneg_int,
         "a non-negative integer",
     ),
+    "bn_virtual_batch_size": s.Key(
+        0,
+        "If > 0 (with bn_group_size=1): normalize each chunk of this many of a device's "
+        "examples separately (ghost BN), e.g. 32 to keep the paper's span on devices that hold "
+        "more.",
+        s.nonneg_int,
+        "a non-negative integer dividing the per-device batch",
+    ),
     "bn_momentum": s.Key(
         0.9,
         "EMA decay ('moving_average' mode only).",

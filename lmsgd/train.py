@@ -130,6 +130,12 @@ def build(config: ml_collections.ConfigDict):
     group = config.model.bn_group_size
     if group and n % group:
         raise ValueError(f"model.bn_group_size={group} must divide the {n} devices (or be 0)")
+    virtual = config.model.bn_virtual_batch_size
+    if virtual and (group != 1 or per_device % virtual):
+        raise ValueError(
+            f"model.bn_virtual_batch_size={virtual} needs model.bn_group_size=1 and must divide "
+            f"the per-device batch of {per_device}"
+        )
     steps_per_epoch = data_lib.steps_per_epoch(info, config.global_batch_size)
     total_steps = max(1, math.ceil(config.num_epochs * steps_per_epoch))
     plan = RunPlan(
@@ -139,7 +145,7 @@ def build(config: ml_collections.ConfigDict):
         total_steps=total_steps,
         eval_every_steps=max(1, round(config.eval_every_epochs * steps_per_epoch)),
         eval_batch_size=eval_batch,
-        bn_span_examples=per_device * (group or n),
+        bn_span_examples=virtual or per_device * (group or n),
     )
     model = create_model(
         config.model.name,
@@ -149,6 +155,7 @@ def build(config: ml_collections.ConfigDict):
         zero_init_residual=config.model.zero_init_residual,
         norm_mode=config.model.norm_mode,
         bn_group_size=group,
+        bn_virtual_batch_size=virtual,
         bn_momentum=config.model.bn_momentum,
         bn_epsilon=config.model.bn_epsilon,
     )

@@ -201,3 +201,21 @@ def test_gradient_matches_numerical_derivative():
 def test_unknown_mode_rejected():
     with pytest.raises(ValueError, match="allowed"):
         BatchStatsNorm(mode="ema").init(jax.random.key(0), jnp.ones((2, 3)), train=True)
+
+
+def test_virtual_batches_normalize_each_chunk_and_record_the_union():
+    x = make_data(seed=13, per_device=3)  # 24 examples, chunk offsets differ
+    norm = BatchStatsNorm(virtual_batch_size=6)
+    variables = norm.init(jax.random.key(0), x, train=True)
+    y, updates = norm.apply(variables, x, train=True, mutable=["batch_stats"])
+    for g in range(4):
+        ref_y, _, _ = np_norm(x[g * 6 : (g + 1) * 6])
+        np.testing.assert_allclose(y[g * 6 : (g + 1) * 6], ref_y, rtol=1e-4, atol=1e-4)
+    _, ref_mean, ref_var = np_norm(x)
+    np.testing.assert_allclose(updates["batch_stats"]["mean"], ref_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(updates["batch_stats"]["var"], ref_var, rtol=1e-5)
+    # Evaluation is unaffected by the chunking.
+    y_eval = norm.apply({**variables, **updates}, x, train=False)
+    np.testing.assert_allclose(y_eval, np_norm(x)[0], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="virtual_batch_size=5 must divide"):
+        BatchStatsNorm(virtual_batch_size=5).apply(variables, x, train=True, mutable=True)

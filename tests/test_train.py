@@ -209,6 +209,7 @@ def test_every_config_file_validates(name):
         # precise BN over 2 fresh batches, and a profile of steps 1-3
         {"model.eval_stats_batches": 2, "logging.profile_steps": (1, 3)},
         {"model.norm_mode": "moving_average"},  # the ablation
+        {"model.bn_virtual_batch_size": 4},  # ghost BN: 2 chunks of the 8 images per device
         {
             "model.bn_group_size": 2,
             "allreduce.algorithm": "two_dimensional",

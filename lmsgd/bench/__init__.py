@@ -2,8 +2,15 @@
 
 Each suite is a sibling module registered in :data:`SUITES` that provides
 ``add_arguments(parser)`` and ``run(args) -> dict`` (the JSON it also writes to
-``--results_dir``). Only ``input`` exists so far; ``step``, ``allreduce``, ``optimizer`` and
-``all`` are meant to be added the same way.
+``--results_dir``):
+
+* ``step``: train-step time, images/s, FLOPs, MFU, memory; ours vs a plain-jit Flax baseline;
+* ``allreduce``: gradient all-reduce time and bandwidth per dtype, algorithm and fusion;
+* ``optimizer``: rmsprop_warmup update time and state vs stock optax compositions;
+* ``input``: input-pipeline images/s;
+* ``all``: every suite in one run (``--quick``: each in its smallest useful setting).
+
+docs/performance.md has measured tables and the commands that reproduce them.
 """
 
 # suite name -> module (imported only when that suite runs, so each keeps its own deps).

@@ -115,6 +115,10 @@ class BatchStatsNorm(nn.Module):
       axis_name: mesh axis (or tuple of axes) to pool statistics over in training; None means
         the examples of this call only (per device inside `shard_map`).
       group_size: devices per statistics group along `axis_name`; 0 means the whole axis.
+      virtual_batch_size: if > 0, training normalizes each consecutive chunk of this many
+        examples of the call with its own statistics ("ghost" batch norm): the paper's 32-image
+        span on a device that holds more (e.g. one GPU with 256). Local only: not combined with
+        pooling over `axis_name`. The recorded statistics are the exact union of the chunks.
       momentum: EMA decay, used only in "moving_average" mode.
       epsilon: added to the variance.
       dtype: dtype of the output (computation of statistics is always float32).
@@ -125,6 +129,7 @@ class BatchStatsNorm(nn.Module):
     mode: str = "batch_stats"
     axis_name: AxisName = None
     group_size: int = 0
+    virtual_batch_size: int = 0
     momentum: float = 0.9
     epsilon: float = 1e-5
     dtype: Any = None
@@ -148,10 +153,35 @@ class BatchStatsNorm(nn.Module):
             ema_mean = self.variable(BATCH_STATS, "ema_mean", zeros)
             ema_var = self.variable(BATCH_STATS, "ema_var", ones)
 
+        scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (features,), self.param_dtype)
+        dtype = self.dtype or x.dtype
+
+        def normalize(x, mean, var):
+            # Normalization and affine folded into one multiply-add in float32, then cast.
+            mul = jax.lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32)
+            add = bias.astype(jnp.float32) - mean * mul
+            return (x.astype(jnp.float32) * mul + add).astype(dtype)
+
+        ghost = train and 0 < self.virtual_batch_size < x.shape[0]
+        if ghost:
+            v = self.virtual_batch_size
+            if x.shape[0] % v:
+                raise ValueError(
+                    f"virtual_batch_size={v} must divide the batch of {x.shape[0]} examples"
+                )
+            if self.axis_name is not None and self.group_size != 1:
+                raise ValueError("virtual_batch_size works per device only (group_size=1)")
+            xg = x.reshape(x.shape[0] // v, v, *x.shape[1:])
+            group_mean_, group_var = moments(xg, tuple(range(1, xg.ndim - 1)))  # [groups, C]
+            mean, var = pool_statistics(group_mean_, group_var)
+            expand = lambda s: s.reshape(s.shape[0], *([1] * (xg.ndim - 2)), features)
+            y = normalize(xg, expand(group_mean_), expand(group_var)).reshape(x.shape)
         if train:
             # `init` usually runs outside `shard_map`, where the mesh axis is unbound.
             axis_name = None if self.is_initializing() else self.axis_name
-            mean, var = moments(x, reduction_axes, axis_name, self.group_size)
+            if not ghost:
+                mean, var = moments(x, reduction_axes, axis_name, self.group_size)
             if not self.is_initializing():
                 mean_var.value = jax.lax.stop_gradient(mean)
                 var_var.value = jax.lax.stop_gradient(var)
@@ -164,10 +194,4 @@ class BatchStatsNorm(nn.Module):
         else:
             mean, var = mean_var.value, var_var.value
 
-        scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
-        bias = self.param("bias", self.bias_init, (features,), self.param_dtype)
-        # Fold normalization and affine into one multiply-add in float32, then cast.
-        mul = jax.lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32)
-        add = bias.astype(jnp.float32) - mean * mul
-        dtype = self.dtype or x.dtype
-        return (x.astype(jnp.float32) * mul + add).astype(dtype)
+        return y if ghost else normalize(x, mean, var)

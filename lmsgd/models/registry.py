@@ -41,6 +41,7 @@ def create_model(
     norm_mode: str = "batch_stats",
     bn_axis_name: str | tuple[str, ...] | None = None,
     bn_group_size: int = 1,
+    bn_virtual_batch_size: int = 0,
     bn_momentum: float = 0.9,
     bn_epsilon: float = 1e-5,
 ) -> ResNet:
@@ -62,6 +63,7 @@ def create_model(
         norm_mode=norm_mode,
         bn_axis_name=bn_axis_name,
         bn_group_size=bn_group_size,
+        bn_virtual_batch_size=bn_virtual_batch_size,
         bn_momentum=bn_momentum,
         bn_epsilon=bn_epsilon,
     )

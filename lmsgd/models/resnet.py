@@ -81,7 +81,8 @@ class ResNet(nn.Module):
       stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool) or "cifar" (3x3/1 conv).
       dtype: compute dtype (float32 or bfloat16); parameters stay `param_dtype`.
       zero_init_residual: zero-initialise the scale of each branch's last normalization.
-      norm_mode / bn_axis_name / bn_group_size / bn_momentum / bn_epsilon: `BatchStatsNorm`.
+      norm_mode / bn_axis_name / bn_group_size / bn_virtual_batch_size / bn_momentum /
+        bn_epsilon: see `BatchStatsNorm`.
     """
 
     stage_sizes: Sequence[int]
@@ -96,6 +97,7 @@ class ResNet(nn.Module):
     norm_mode: str = "batch_stats"
     bn_axis_name: AxisName = None
     bn_group_size: int = 1
+    bn_virtual_batch_size: int = 0
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
 
@@ -117,6 +119,7 @@ class ResNet(nn.Module):
             mode=self.norm_mode,
             axis_name=self.bn_axis_name,
             group_size=self.bn_group_size,
+            virtual_batch_size=self.bn_virtual_batch_size,
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,
             dtype=self.dtype,

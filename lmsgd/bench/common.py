@@ -1,0 +1,290 @@
+"""Shared helpers of the JAX benchmark suites: devices, timing, environment record, output.
+
+Kept free of TensorFlow (the ``input`` suite has its own) so that importing a JAX suite is
+cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import functools
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+DEFAULT_CPU_DEVICES = 8
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """--devices, --results_dir, --quick: every JAX suite has them."""
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help=f"devices to use (default: all; on CPU {DEFAULT_CPU_DEVICES} simulated devices, "
+        "set with jax_num_cpu_devices before JAX starts)",
+    )
+    parser.add_argument("--results_dir", default="./results", help="JSON output folder")
+    parser.add_argument("--quick", action="store_true", help="smallest useful setting")
+
+
+def setup_devices(requested: int | None) -> list:
+    """The first ``requested`` devices of the default backend (all of them if None).
+
+    Before JAX's backends start, asks for ``requested`` (default 8) simulated CPU devices; this
+    affects only the CPU backend, so it is harmless on GPU/TPU. If the backends are already up
+    (in-process tests, ``all``), uses what is there and fails if there are too few.
+    """
+    import jax
+    from jax._src import xla_bridge
+
+    if not xla_bridge.backends_are_initialized():
+        cpu_devices = max(requested or DEFAULT_CPU_DEVICES, 1)
+        jax.config.update("jax_num_cpu_devices", cpu_devices)
+    devices = jax.devices()
+    if requested is None:
+        return list(devices)
+    if requested > len(devices):
+        raise ValueError(
+            f"--devices={requested} but JAX has {len(devices)} {devices[0].platform} devices "
+            "(on CPU the count is fixed when JAX starts: pass --devices on a fresh process)"
+        )
+    return list(devices[:requested])
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # Not on Linux.
+        return os.cpu_count() or 1
+
+
+def hardware(devices: Sequence[Any] | None = None) -> dict[str, Any]:
+    """Host CPU and memory, and the accelerator (platform, kind, count) the suite ran on."""
+    cpu = platform.processor()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = None
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    out: dict[str, Any] = {
+        "cpu": cpu,
+        "cores_available": cores(),
+        "cpu_count": os.cpu_count(),
+        "memory_bytes": mem,
+        "os": platform.platform(),
+        "machine": platform.machine(),
+        # Other processes compete for the cores on shared machines: keep the load with the data.
+        "load_average_1m": _load_average(),
+    }
+    if devices:
+        import jax
+
+        out.update(
+            {
+                "platform": devices[0].platform,
+                "device_kind": devices[0].device_kind,
+                "device_count": len(devices),
+                "devices_available": jax.device_count(),
+                "process_count": jax.process_count(),
+            }
+        )
+    return out
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the packages that decide performance (no imports needed)."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("jax", "jaxlib", "flax", "optax", "numpy", "lmsgd"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def block(tree: Any) -> Any:
+    import jax
+
+    return jax.block_until_ready(tree)
+
+
+def time_calls(
+    fn: Callable[[], Any], *, warmup: int, reps: int, min_seconds: float = 0.0, max_reps=None
+) -> list[float]:
+    """Seconds per call of ``fn`` (each call synchronised with block_until_ready).
+
+    Runs ``warmup`` untimed calls, then at least ``reps`` timed ones, more (up to
+    ``max_reps``) while their total is below ``min_seconds``.
+    """
+    for _ in range(warmup):
+        block(fn())
+    times: list[float] = []
+    limit = max_reps if max_reps is not None else max(reps, 1)
+    while len(times) < reps or (sum(times) < min_seconds and len(times) < limit):
+        start = time.perf_counter()
+        block(fn())
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def finite_positive(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def compiled_cost(compiled: Any) -> dict[str, float]:
+    """XLA's cost analysis of a compiled program (per device for SPMD programs)."""
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list):  # older jax: one dict per computation
+        analysis = analysis[0]
+    analysis = analysis or {}
+    return {
+        "flops": float(analysis.get("flops", 0.0)),
+        "bytes_accessed": float(analysis.get("bytes accessed", 0.0)),
+    }
+
+
+def compiled_memory(compiled: Any) -> dict[str, int]:
+    """Device memory of a compiled program, per device, from ``compiled.memory_analysis()``.
+
+    ``total_bytes`` = argument + output + temp - alias (donated inputs reused as outputs
+    count once): every buffer the program holds, an upper bound of its live memory.
+    ``xla_peak_bytes`` is XLA's own peak where the backend reports one (XLA:CPU's leaves out
+    the temporaries, so it is not used as the headline figure).
+    """
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return {}
+    out = {
+        k: int(getattr(stats, f"{k}_size_in_bytes", 0) or 0)
+        for k in ("argument", "output", "temp", "alias", "generated_code")
+    }
+    out["total_bytes"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
+    out["xla_peak_bytes"] = int(getattr(stats, "peak_memory_in_bytes", 0) or 0)
+    return out
+
+
+def write_record(record: dict[str, Any], results_dir: str, suite: str) -> str:
+    """Writes ``record`` as JSON to ``results_dir/bench_<suite>_<time>.json``; returns the path."""
+    os.makedirs(results_dir, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    path = os.path.join(results_dir, f"bench_{suite}_{stamp}.json")
+    with open(path, "w") as f:
+        json.dump(record, f, indent=2, default=_jsonable)
+    print(f"wrote {path}")
+    return path
+
+
+def _jsonable(x: Any) -> Any:
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    return str(x)
+
+
+def new_record(suite: str, devices: Sequence[Any] | None, config: dict[str, Any]) -> dict:
+    return {
+        "suite": suite,
+        "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "hardware": hardware(devices),
+        "versions": versions(),
+        "config": config,
+    }
+
+
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    """A plain-text table: first column left-aligned, the others right-aligned."""
+    cells = [[str(h) for h in header]] + [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+
+    def line(r):
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))
+        ).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(cells[0]), sep, *(line(r) for r in cells[1:])])
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float):
+        if x == 0 or not math.isfinite(x):
+            return f"{x:g}"
+        if abs(x) >= 100:
+            return f"{x:,.0f}"
+        if abs(x) >= 1:
+            return f"{x:.2f}"
+        return f"{x:.3g}"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return str(x)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def random_tree(
+    shapes: dict[str, tuple[int, ...]],
+    seed: int,
+    scale: float = 1.0,
+    *,
+    leading: int | None = None,
+    sharding: Any = None,
+) -> dict[str, Any]:
+    """N(0, scale^2) float32 arrays of the given shapes, made on device by one jitted call.
+
+    One random draw for all leaves, then slices (a draw per leaf would cost a compilation per
+    shape); the compiled generator is cached per shapes/layout, so new seeds cost no compile.
+    ``leading`` prepends an axis (one slice per device, with ``sharding`` splitting it).
+    """
+    import jax
+
+    make = _random_tree_fn(tuple((k, tuple(v)) for k, v in shapes.items()), leading, sharding)
+    return make(jax.random.key(seed), scale)
+
+
+@functools.lru_cache(maxsize=16)
+def _random_tree_fn(items, leading, sharding):
+    import jax
+    import jax.numpy as jnp
+
+    sizes = [math.prod(shape) for _, shape in items]
+    total = sum(sizes)
+    lead = () if leading is None else (leading,)
+
+    def make(key, scale):
+        flat = scale * jax.random.normal(key, (*lead, total), jnp.float32)
+        out, start = {}, 0
+        for (name, shape), size in zip(items, sizes):
+            out[name] = flat[..., start : start + size].reshape(*lead, *shape)
+            start += size
+        return out
+
+    return jax.jit(make, out_shardings=sharding)

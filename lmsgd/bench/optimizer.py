@@ -1,0 +1,309 @@
+"""Optimizer update: time and state bytes of rmsprop_warmup vs stock optax compositions.
+
+For a model's parameter shapes (default ResNet-50, 25,557,032 float32 values), times one
+jitted update (``tx.update`` + ``optax.apply_updates``, parameters and state donated) of:
+
+* ``rmsprop_warmup``: lmsgd's fused transformation (PAPER.md s.1);
+* ``stock_rmsprop_warmup``: the same update composed from stock optax parts
+  (``scale_by_schedule``, ``scale_by_rms``, ``trace``, ``scale_by_learning_rate``; the only
+  glue is a two-line "sum of two branches" combinator optax lacks). Before timing, the run
+  checks that it produces the same parameters as ``rmsprop_warmup`` over steps that cross the
+  RMSprop -> SGD hand-over and learning-rate changes;
+* ``sgd_momentum``: ``optax.sgd(momentum=0.9)``, the plain baseline.
+
+State bytes are reported against parameter bytes; ``rmsprop_warmup`` must hold exactly two
+parameter-sized buffers (m and Delta) plus a step counter. Prints a table and writes JSON to
+``--results_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+from lmsgd.bench import common
+
+# Schedules of the equivalence check: 1 step per "epoch", so a few steps cover the whole
+# hand-over (alpha_sgd from 0.5 e^-1.5 to 1 at step 5) and three learning rates.
+CHECK_STEPS = 8
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="resnet50", help="parameter shapes of this model")
+    parser.add_argument("--reps", type=int, default=None, help="minimum timed updates")
+    parser.add_argument("--min_seconds", type=float, default=None)
+    parser.add_argument("--check_steps", type=int, default=CHECK_STEPS)
+    common.add_common_arguments(parser)
+
+
+def _sum_of(*transforms):
+    """Glue optax lacks: every transform sees the same input; their outputs are added."""
+    import jax
+    import optax
+
+    def init(params):
+        return tuple(t.init(params) for t in transforms)
+
+    def update(updates, state, params=None):
+        outs, states = zip(*(t.update(updates, s, params) for t, s in zip(transforms, state)))
+        return jax.tree.map(lambda *xs: sum(xs[1:], xs[0]), *outs), tuple(states)
+
+    return optax.GradientTransformation(init, update)
+
+
+def stock_rmsprop_warmup(
+    learning_rate, alpha_sgd, rmsprop_learning_rate, momentum=0.9, decay=0.99, eps=1e-8
+):
+    """RMSprop warm-up from stock optax parts (all arguments schedules; learning_rate > 0).
+
+    ``direction = alpha g + (1 - alpha) eta_rms / eta * g / (sqrt(m) + eps)``,
+    ``trace = mu trace + direction`` (= -Delta), update ``= -eta * trace`` (= eta Delta).
+    """
+    import optax
+
+    rms_coefficient = lambda c: (1.0 - alpha_sgd(c)) * rmsprop_learning_rate(c) / learning_rate(c)
+    return optax.chain(
+        _sum_of(
+            optax.scale_by_schedule(alpha_sgd),
+            optax.chain(
+                optax.scale_by_rms(decay=decay, eps=eps, initial_scale=0.0, eps_in_sqrt=False),
+                optax.scale_by_schedule(rms_coefficient),
+            ),
+        ),
+        optax.trace(decay=momentum),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def optimizers(steps_per_epoch: float = 1.0) -> dict[str, Any]:
+    """name -> (optax transformation, description), sharing the same schedules."""
+    import optax
+
+    from lmsgd.optim import alpha_sgd_schedule, rmsprop_warmup, slow_start_schedule
+
+    lr = slow_start_schedule(1.6, steps_per_epoch, boundaries=(2, 4, 6))
+    alpha = alpha_sgd_schedule(steps_per_epoch, beta_center=3.0, beta_period=4.0)
+    eta_rms = lambda c: 3e-4
+    return {
+        "rmsprop_warmup": (
+            rmsprop_warmup(lr, alpha, rmsprop_learning_rate=3e-4),
+            "lmsgd.optim.rmsprop_warmup (one fused transformation)",
+        ),
+        "stock_rmsprop_warmup": (
+            stock_rmsprop_warmup(lr, alpha, eta_rms),
+            "same update from optax scale_by_schedule/scale_by_rms/trace/scale_by_lr",
+        ),
+        "sgd_momentum": (optax.sgd(lr, momentum=0.9), "optax.sgd(momentum=0.9) baseline"),
+    }
+
+
+def check_equivalence(shapes, steps: int = CHECK_STEPS, rtol: float = 1e-5) -> dict[str, Any]:
+    """Runs rmsprop_warmup and stock_rmsprop_warmup side by side; raises if they differ.
+
+    Gradients change every step (fresh noise times a per-tensor scale spread over 1e-3..1e1,
+    so RMSprop's normalization matters). Returns the largest difference of the updates,
+    relative to the largest update of that step.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    opts = optimizers()
+    a_tx, b_tx = opts["rmsprop_warmup"][0], opts["stock_rmsprop_warmup"][0]
+    params = common.random_tree(shapes, 0, 0.05)
+    scales = {n: 10.0 ** (4 * i / max(1, len(shapes) - 1) - 3) for i, n in enumerate(shapes)}
+
+    @jax.jit
+    def both(params_a, params_b, sa, sb, g):
+        ua, sa = a_tx.update(g, sa, params_a)
+        ub, sb = b_tx.update(g, sb, params_b)
+        diff = jnp.max(jnp.stack([
+            jnp.max(jnp.abs(ua[n] - ub[n])) / (jnp.max(jnp.abs(ua[n])) + 1e-30) for n in shapes
+        ]))  # fmt: skip
+        new_a = jax.tree.map(jnp.add, params_a, ua)
+        return new_a, jax.tree.map(jnp.add, params_b, ub), sa, sb, diff
+
+    rng = np.random.default_rng(1)
+    sa, sb = a_tx.init(params), b_tx.init(params)
+    pa, pb = params, params
+    worst = 0.0
+    for step in range(steps):
+        g = {n: rng.standard_normal(shape, np.float32) * np.float32(scales[n])
+             for n, shape in shapes.items()}  # fmt: skip
+        pa, pb, sa, sb, diff = both(pa, pb, sa, sb, g)
+        worst = max(worst, float(diff))
+        if not float(diff) <= rtol:
+            raise AssertionError(
+                f"stock optax composition differs from rmsprop_warmup at step {step}: "
+                f"max relative difference of updates {float(diff):.3g} > {rtol}"
+            )
+    param_diff = max(float(np.max(np.abs(np.asarray(pa[n]) - np.asarray(pb[n])))) for n in shapes)
+    return {"steps": steps, "max_relative_update_difference": worst,
+            "max_abs_param_difference": param_diff, "rtol": rtol}  # fmt: skip
+
+
+def state_bytes(opt_state, params) -> dict[str, Any]:
+    """Bytes of an optimizer state, and how many parameter-sized buffers it holds."""
+    import jax
+
+    param_leaves = jax.tree.leaves(params)
+    param_bytes = sum(x.nbytes for x in param_leaves)
+    leaves = jax.tree.leaves(opt_state)
+    total = sum(x.nbytes for x in leaves)
+    scalar = [x for x in leaves if x.ndim == 0]
+    array_bytes = total - sum(x.nbytes for x in scalar)
+    # A parameter-sized buffer: a sub-tree with the parameters' structure and shapes.
+    buffers = 0
+
+    def count(node):
+        nonlocal buffers
+        same = jax.tree.structure(node) == jax.tree.structure(params) and all(
+            a.shape == b.shape for a, b in zip(jax.tree.leaves(node), param_leaves)
+        )
+        if same:
+            buffers += 1
+            return
+        children = (
+            list(node) if isinstance(node, (tuple, list))
+            else list(node.values()) if isinstance(node, dict) else []
+        )  # fmt: skip
+        for child in children:
+            count(child)
+
+    count(opt_state)
+    return {
+        "param_bytes": param_bytes,
+        "state_bytes": total,
+        "state_over_param_bytes": total / param_bytes,
+        "array_state_over_param_bytes": array_bytes / param_bytes,
+        "param_sized_buffers": buffers,
+        "scalar_leaves": len(scalar),
+        "scalar_bytes": total - array_bytes,
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Check equivalence, time every optimizer; print a table; write JSON; return it."""
+    devices = common.setup_devices(args.devices)
+    import jax
+    import optax
+
+    from lmsgd.bench.allreduce import model_shapes
+
+    reps = args.reps or (5 if args.quick else 20)
+    min_seconds = args.min_seconds if args.min_seconds is not None else (
+        0.5 if args.quick else 3.0
+    )  # fmt: skip
+    shapes = model_shapes(args.model)
+    equivalence = check_equivalence(shapes, steps=args.check_steps)
+
+    grads = common.random_tree(shapes, 2, 1e-2)
+    results = {}
+    for name, (tx, description) in optimizers().items():
+
+        def update(params, opt_state, grads, tx=tx):
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        params = common.random_tree(shapes, 0, 0.05)
+        opt_state = jax.jit(tx.init)(params)
+        info = state_bytes(opt_state, params)
+        fn = jax.jit(update, donate_argnums=(0, 1))
+        compiled = fn.lower(params, opt_state, grads).compile()
+        box = {"p": params, "s": opt_state}
+
+        def call(box=box, compiled=compiled):
+            box["p"], box["s"] = compiled(box["p"], box["s"], grads)
+            return box["p"]
+
+        times = common.time_calls(
+            call, warmup=2, reps=reps, min_seconds=min_seconds, max_reps=max(reps, 200)
+        )
+        t = common.median(times)
+        cost = common.compiled_cost(compiled)
+        if not all(bool(jax.numpy.isfinite(x).all()) for x in jax.tree.leaves(box["p"])):
+            raise FloatingPointError(f"{name}: non-finite parameters")
+        results[name] = {
+            "description": description,
+            **info,
+            "update_s_median": t,
+            "update_s_min": min(times),
+            "reps": len(times),
+            "xla_bytes_accessed": cost["bytes_accessed"],
+            "xla_flops": cost["flops"],
+            "effective_bytes_per_s": cost["bytes_accessed"] / t,
+            "memory": common.compiled_memory(compiled),
+        }
+        del box, params, opt_state
+    rw = results["rmsprop_warmup"]
+    if rw["param_sized_buffers"] != 2 or rw["array_state_over_param_bytes"] != 2.0:
+        raise AssertionError(
+            f"rmsprop_warmup state is not exactly two parameter-sized buffers: {rw}"
+        )
+    for r in results.values():
+        r["time_vs_rmsprop_warmup"] = r["update_s_median"] / rw["update_s_median"]
+    elements = sum(math.prod(s) for s in shapes.values())
+    config = {
+        "model": args.model,
+        "param_elements": elements,
+        "param_tensors": len(shapes),
+        "param_dtype": "float32",
+        "reps": reps,
+        "min_seconds": min_seconds,
+        "quick": bool(args.quick),
+        "device": str(jax.devices()[0]),
+        "notes": "one update = tx.update + optax.apply_updates, jitted, params and state "
+        "donated, on one device; schedules: slow_start(1.6, boundaries 2/4/6 steps), "
+        "alpha_sgd(beta_center=3, beta_period=4 steps)",
+    }
+    record = common.new_record("optimizer", devices[:1], config)
+    record["equivalence"] = equivalence
+    record["results"] = results
+    print_table(record)
+    record["json_path"] = common.write_record(record, args.results_dir, "optimizer")
+    return record
+
+
+def print_table(record: dict[str, Any]) -> None:
+    c, hw, eq = record["config"], record["hardware"], record["equivalence"]
+    print(
+        f"optimizer update, {c['model']} shapes ({c['param_elements']:,} float32 in "
+        f"{c['param_tensors']} tensors), one {hw['device_kind']} ({hw['platform']})"
+    )
+    rows = []
+    for name, r in record["results"].items():
+        rows.append(
+            [
+                name,
+                r["update_s_median"] * 1e3,
+                r["time_vs_rmsprop_warmup"],
+                r["effective_bytes_per_s"] / 1e9,
+                common.human_bytes(r["state_bytes"]),
+                r["state_over_param_bytes"],
+                r["param_sized_buffers"],
+                r["scalar_leaves"],
+                common.human_bytes(r["memory"].get("temp", 0)),
+            ]
+        )
+    print(
+        common.table(
+            rows,
+            [
+                "optimizer",
+                "update ms",
+                "vs ours",
+                "GB/s (XLA bytes)",
+                "state",
+                "state/params",
+                "param-sized bufs",
+                "scalars",
+                "XLA temp",
+            ],
+        )  # fmt: skip
+    )
+    print(
+        f"stock composition == rmsprop_warmup over {eq['steps']} steps: max relative update "
+        f"difference {eq['max_relative_update_difference']:.2g} (tolerance {eq['rtol']:g}), "
+        f"max |param difference| {eq['max_abs_param_difference']:.2g}"
+    )

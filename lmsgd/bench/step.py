@@ -1,0 +1,389 @@
+"""Train-step throughput: lmsgd's sharded step vs the usual plain-jit Flax data parallelism.
+
+In one run, on synthetic on-device data (no I/O): compile time, steady-state step time
+(median of individually synchronised steps after warm-up, the two variants alternating in
+rounds), images/s (global and per device), model FLOPs per step from XLA's cost analysis of
+the compiled per-device program, MFU against a peak measured in the same run (a large matmul
+in the compute dtype on every device at once), peak device memory of the compiled step and
+the collectives XLA compiled into it. "ours" is ``lmsgd.step.make_train_step`` with the paper's
+optimizer (weight decay + rmsprop_warmup, slow start); "baseline" is
+``lmsgd.bench.baseline`` (plain jit, flax nn.BatchNorm with moving averages, optax sgd with
+momentum), same architecture. Prints a table and writes JSON to ``--results_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from typing import Any
+
+from lmsgd.bench import common
+
+IMAGENET_TRAIN_IMAGES = 1_281_167
+VARIANTS = {
+    "ours": "lmsgd shard_map step: per-device BN stats, rmsprop_warmup, explicit all-reduce",
+    "baseline": "plain jit + NamedSharding, flax nn.BatchNorm (EMA), optax sgd momentum 0.9",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="architecture (default resnet50)")
+    parser.add_argument("--per_device_batch", type=int, default=None, help="default 32")
+    parser.add_argument("--image_size", type=int, default=None, help="default 224")
+    parser.add_argument("--num_classes", type=int, default=None, help="default 1000 (CIFAR 10)")
+    parser.add_argument("--width_multiplier", type=float, default=1.0)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument(
+        "--allreduce_dtype", default="float32", choices=("float32", "bfloat16", "float16")
+    )
+    parser.add_argument(
+        "--allreduce_algorithm",
+        default="flat",
+        choices=("flat", "hierarchical", "two_dimensional"),
+        help="non-flat ones run on a 2-D mesh (--mesh_shape, default (2, devices/2))",
+    )
+    parser.add_argument(
+        "--no_allreduce_fuse", action="store_true", help="one all-reduce per tensor"
+    )
+    parser.add_argument("--mesh_shape", default=None, help="e.g. '2,4' (hosts,local)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps per variant")
+    parser.add_argument("--rounds", type=int, default=None, help="alternations ours/baseline")
+    parser.add_argument(
+        "--peak_matmul_size", type=int, default=None, help="N of the NxN peak matmul per device"
+    )
+    parser.add_argument("--no_baseline", action="store_true", help="time our step only")
+    common.add_common_arguments(parser)
+
+
+def _settings(args: argparse.Namespace, platform: str) -> dict[str, Any]:
+    cpu = platform == "cpu"
+    if args.quick:
+        s = {"model": "cifar_resnet20", "per_device_batch": 8, "image_size": 32, "steps": 6,
+             "warmup": 2, "rounds": 2}  # fmt: skip
+    else:
+        s = {"model": "resnet50", "per_device_batch": 32, "image_size": 224, "steps": 30,
+             "warmup": 3, "rounds": 3}  # fmt: skip
+    s["peak_matmul_size"] = (512 if args.quick else 1024) if cpu else 8192
+    for k in list(s):
+        if getattr(args, k, None) is not None:
+            s[k] = getattr(args, k)
+    s["rounds"] = max(1, min(s["rounds"], s["steps"]))
+    return s
+
+
+def _synthetic_batch(global_batch, image_size, num_classes, dtype, sharding):
+    import jax
+    import jax.numpy as jnp
+
+    def gen(key):
+        k1, k2 = jax.random.split(key)
+        return {
+            "image": jax.random.normal(k1, (global_batch, image_size, image_size, 3), dtype),
+            "label": jax.random.randint(k2, (global_batch,), 0, num_classes, jnp.int32),
+        }
+
+    return jax.jit(gen, out_shardings=sharding)(jax.random.key(0))
+
+
+def measure_peak(devices, size: int, dtype, min_seconds: float = 1.0) -> dict[str, float]:
+    """FLOP/s of an NxN @ NxN matmul chain on every device at once (best of several runs).
+
+    A chain of 4 dependent matmuls per call keeps dispatch overhead small; the result is the
+    aggregate over all devices (what MFU divides by) and per device.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    n = len(devices)
+    mesh = Mesh(np.asarray(devices), ("d",))
+    chain = 4
+
+    def per_device(a, b):
+        x = a[0]
+        for _ in range(chain):
+            x = jnp.dot(x, b[0], preferred_element_type=dtype)
+        return x[None]
+
+    fn = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P("d"), P("d")), out_specs=P("d")))
+    sharding = NamedSharding(mesh, P("d"))
+    key_a, key_b = jax.random.split(jax.random.key(1))
+    a = jax.jit(lambda k: jax.random.normal(k, (n, size, size), dtype), out_shardings=sharding)(
+        key_a
+    )
+    # Scaled so the chain neither overflows nor underflows.
+    b = jax.jit(
+        lambda k: (jax.random.normal(k, (n, size, size), jnp.float32) / math.sqrt(size)).astype(
+            dtype
+        ),
+        out_shardings=sharding,
+    )(key_b)
+    compiled = fn.lower(a, b).compile()
+    times = common.time_calls(
+        lambda: compiled(a, b), warmup=1, reps=3, min_seconds=min_seconds, max_reps=20
+    )
+    best = min(times)
+    flops_per_device = 2.0 * size**3 * chain
+    cost = common.compiled_cost(compiled)["flops"]
+    return {
+        "matmul_size": size,
+        "dtype": jnp.dtype(dtype).name,
+        "flops_per_call_per_device": flops_per_device,
+        "xla_flops_per_call_per_device": cost,
+        "best_seconds": best,
+        "peak_flops_per_s_total": flops_per_device * n / best,
+        "peak_flops_per_s_per_device": flops_per_device / best,
+    }
+
+
+def _collectives_brief(summary: dict[str, dict[str, int]]) -> str:
+    parts = []
+    for key in sorted(summary):
+        if not key.startswith(("all-reduce", "reduce-scatter", "all-gather")):
+            continue
+        v = summary[key]
+        parts.append(f"{key} x{v['count']} {common.human_bytes(v['bytes'])}")
+    return "; ".join(parts) or "none"
+
+
+def _build(variant: str, s: dict, args, mesh, n: int):
+    """(jitted step, state, batch) for one variant."""
+    import jax
+    import jax.numpy as jnp
+
+    from lmsgd.bench import baseline
+    from lmsgd.models import count_params, create_model
+    from lmsgd.optim import create_optimizer, default_optimizer_config
+    from lmsgd.parallel import batch_sharding
+    from lmsgd.step import create_train_state, make_train_step
+
+    global_batch = s["per_device_batch"] * n
+    steps_per_epoch = max(1, math.ceil(IMAGENET_TRAIN_IMAGES / global_batch))
+    image_shape = (s["image_size"], s["image_size"], 3)
+    rng = jax.random.key(0)
+    tx, schedules = create_optimizer(
+        default_optimizer_config(),
+        global_batch_size=global_batch,
+        steps_per_epoch=steps_per_epoch,
+        num_epochs=90,
+    )
+    batch = _synthetic_batch(
+        global_batch, s["image_size"], s["num_classes"], jnp.dtype(args.dtype),
+        batch_sharding(mesh),
+    )  # fmt: skip
+    if variant == "ours":
+        model = create_model(
+            s["model"], num_classes=s["num_classes"], dtype=args.dtype,
+            width_multiplier=args.width_multiplier, bn_group_size=1,
+        )  # fmt: skip
+        state = create_train_state(model, tx, rng, image_shape, mesh)
+        fn = make_train_step(
+            model, tx, mesh, schedules=schedules,
+            allreduce_algorithm=args.allreduce_algorithm, allreduce_dtype=args.allreduce_dtype,
+            allreduce_fuse=not args.no_allreduce_fuse,
+        )  # fmt: skip
+    else:
+        model = baseline.create_baseline_model(
+            s["model"], num_classes=s["num_classes"], dtype=args.dtype,
+            width_multiplier=args.width_multiplier,
+        )  # fmt: skip
+        # Same learning-rate schedule object as ours, stock SGD with momentum.
+        btx = baseline.baseline_optimizer(schedules["learning_rate"])
+        state = baseline.create_baseline_state(model, btx, rng, image_shape, mesh)
+        fn = baseline.make_baseline_train_step(model, btx, mesh)
+    return fn, state, batch, count_params(state.params)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Compile and time each variant; print a table; write JSON; return the record."""
+    devices = common.setup_devices(args.devices)
+    import jax.numpy as jnp
+
+    from lmsgd.parallel import create_mesh, describe_collectives, summarize_collectives
+
+    n = len(devices)
+    s = _settings(args, devices[0].platform)
+    s["num_classes"] = args.num_classes or (10 if s["model"].startswith("cifar") else 1000)
+    if args.allreduce_algorithm != "flat":
+        shape = (
+            tuple(int(x) for x in args.mesh_shape.split(",")) if args.mesh_shape else (2, n // 2)
+        )
+    else:
+        shape = tuple(int(x) for x in args.mesh_shape.split(",")) if args.mesh_shape else (n,)
+    mesh = create_mesh(shape, devices=devices)
+    global_batch = s["per_device_batch"] * n
+    variants = ["ours"] if args.no_baseline else ["ours", "baseline"]
+
+    built: dict[str, dict[str, Any]] = {}
+    for v in variants:
+        fn, state, batch, num_params = _build(v, s, args, mesh, n)
+        t0 = time.perf_counter()
+        lowered = fn.lower(state, batch)
+        t1 = time.perf_counter()
+        compiled = lowered.compile()
+        t2 = time.perf_counter()
+        collectives = describe_collectives(compiled)
+        built[v] = {
+            "compiled": compiled, "state": state, "batch": batch, "times": [],
+            "result": {
+                "description": VARIANTS[v],
+                "num_params": num_params,
+                "lower_s": t1 - t0,
+                "compile_s": t2 - t1,
+                "cost_per_device": common.compiled_cost(compiled),
+                "memory_per_device": common.compiled_memory(compiled),
+                "collectives_compiled": summarize_collectives(collectives),
+                "collectives_lowered": summarize_collectives(describe_collectives(lowered)),
+            },
+        }  # fmt: skip
+    if len({b["result"]["num_params"] for b in built.values()}) != 1:
+        raise AssertionError(
+            f"baseline and ours differ in parameters: "
+            f"{ {v: b['result']['num_params'] for v, b in built.items()} }"
+        )
+
+    def one_step(b):
+        b["state"], metrics = b["compiled"](b["state"], b["batch"])
+        b["metrics"] = metrics
+        return b["state"], metrics
+
+    for b in built.values():  # warm-up
+        for _ in range(s["warmup"]):
+            common.block(one_step(b))
+    per_round = [s["steps"] // s["rounds"] + (r < s["steps"] % s["rounds"])
+                 for r in range(s["rounds"])]  # fmt: skip
+    for r, count in enumerate(per_round):
+        order = variants if r % 2 == 0 else variants[::-1]
+        for v in order:
+            b = built[v]
+            b["times"] += common.time_calls(lambda b=b: one_step(b), warmup=0, reps=count)
+
+    compute_dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    peak = measure_peak(
+        devices, s["peak_matmul_size"], compute_dtype, min_seconds=0.2 if args.quick else 1.0
+    )
+    results = {}
+    for v, b in built.items():
+        r = b["result"]
+        times = sorted(b["times"])
+        step_s = common.median(times)
+        loss = float(b["metrics"]["loss"])
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"{v}: loss is {loss}")
+        flops_dev = r["cost_per_device"]["flops"]
+        r.update(
+            {
+                "step_s_median": step_s,
+                "step_s_min": times[0],
+                "step_s_max": times[-1],
+                "step_s_all": times,
+                "images_per_s": global_batch / step_s,
+                "images_per_s_per_device": global_batch / step_s / n,
+                "model_flops_per_step_per_device": flops_dev,
+                "model_flops_per_step_global": flops_dev * n,
+                "achieved_flops_per_s_global": flops_dev * n / step_s,
+                "mfu": flops_dev * n / step_s / peak["peak_flops_per_s_total"],
+                "images_per_s_best": global_batch / times[0],
+                "memory_bytes_per_device": r["memory_per_device"].get("total_bytes", 0),
+                "temp_bytes_per_device": r["memory_per_device"].get("temp", 0),
+                "final_loss": loss,
+            }
+        )
+        results[v] = r
+    config = {
+        **s,
+        "devices": n,
+        "mesh_shape": list(mesh.devices.shape),
+        "global_batch": global_batch,
+        "dtype": args.dtype,
+        "allreduce_dtype": args.allreduce_dtype,
+        "allreduce_algorithm": args.allreduce_algorithm,
+        "allreduce_fuse": not args.no_allreduce_fuse,
+        "width_multiplier": args.width_multiplier,
+        "quick": bool(args.quick),
+        "flops_note": "XLA cost analysis of the compiled per-device (SPMD-partitioned) program "
+        "of one whole train step (forward, backward, optimizer); global = per device x devices",
+        "mfu_note": "global model FLOP/s over the peak of a matmul chain run on all devices "
+        "at once in the compute dtype, measured in this run",
+        "memory_note": "per device, from compiled.memory_analysis(): argument + output + "
+        "temp - alias (donated state counted once)",
+        "timing_note": "step time: median of individually synchronised steps; images_per_s "
+        "from the median, images_per_s_best from the fastest step",
+    }
+    record = common.new_record("step", devices, config)
+    record["peak"] = peak
+    record["results"] = results
+    if "baseline" in results:
+        record["ours_over_baseline_images_per_s"] = (
+            results["ours"]["images_per_s"] / results["baseline"]["images_per_s"]
+        )
+        record["ours_over_baseline_memory"] = results["ours"]["memory_bytes_per_device"] / max(
+            1, results["baseline"]["memory_bytes_per_device"]
+        )
+    print_table(record)
+    record["json_path"] = common.write_record(record, args.results_dir, "step")
+    return record
+
+
+def print_table(record: dict[str, Any]) -> None:
+    c, hw, peak = record["config"], record["hardware"], record["peak"]
+    print(
+        f"train step, {c['model']} {c['image_size']}x{c['image_size']} {c['dtype']}, "
+        f"{c['devices']} x {hw['device_kind']} ({hw['platform']}, mesh {c['mesh_shape']}), "
+        f"per-device batch {c['per_device_batch']} (global {c['global_batch']}), all-reduce "
+        f"{c['allreduce_algorithm']}/{c['allreduce_dtype']}, {c['steps']} timed steps"
+    )
+    print(
+        f"peak: {peak['matmul_size']}^2 {peak['dtype']} matmul on all devices at once: "
+        f"{peak['peak_flops_per_s_total'] / 1e12:.3g} TFLOP/s total, "
+        f"{peak['peak_flops_per_s_per_device'] / 1e12:.3g} per device"
+    )
+    rows = []
+    for v, r in record["results"].items():
+        rows.append(
+            [
+                v,
+                r["lower_s"] + r["compile_s"],
+                r["step_s_median"] * 1e3,
+                r["images_per_s"],
+                r["images_per_s_best"],
+                r["images_per_s_per_device"],
+                r["model_flops_per_step_per_device"] / 1e9,
+                r["achieved_flops_per_s_global"] / 1e12,
+                f"{100 * r['mfu']:.1f}%",
+                common.human_bytes(r["memory_bytes_per_device"]),
+                common.human_bytes(r["temp_bytes_per_device"]),
+                common.human_bytes(r["cost_per_device"]["bytes_accessed"]),
+            ]
+        )
+    print(
+        common.table(
+            rows,
+            [
+                "variant",
+                "compile s",
+                "step ms",
+                "images/s",
+                "best img/s",
+                "img/s/dev",
+                "GFLOP/step/dev",
+                "TFLOP/s",
+                "MFU",
+                "mem/dev",
+                "temp/dev",
+                "bytes accessed/dev",
+            ],
+        )  # fmt: skip
+    )
+    for v, r in record["results"].items():
+        print(f"  {v}: {r['description']}")
+        print(f"    compiled collectives: {_collectives_brief(r['collectives_compiled'])}")
+    if "ours_over_baseline_images_per_s" in record:
+        print(
+            f"ours / baseline: {record['ours_over_baseline_images_per_s']:.2f}x images/s, "
+            f"{record['ours_over_baseline_memory']:.2f}x memory per device"
+        )

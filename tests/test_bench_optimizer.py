@@ -1,0 +1,96 @@
+"""`python -m lmsgd.bench optimizer`: the stock-optax composition equals rmsprop_warmup, the
+state is two parameter-sized buffers, and the suite writes sane JSON."""
+
+import json
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lmsgd.bench import optimizer as bench_opt
+from lmsgd.bench.__main__ import main
+from lmsgd.optim import alpha_sgd_schedule, rmsprop_warmup
+
+SHAPES = {"conv": (3, 3, 4, 8), "scale": (8,), "head": (8, 10), "bias": (10,)}
+
+
+def test_stock_composition_equals_rmsprop_warmup():
+    """Over steps crossing the hand-over (alpha_sgd 0.11 -> 1) and three learning rates."""
+    out = bench_opt.check_equivalence(SHAPES, steps=8, rtol=1e-5)
+    assert out["max_relative_update_difference"] <= 1e-5
+    assert out["max_abs_param_difference"] < 1e-5
+
+
+def test_stock_composition_matches_update_and_state_step_by_step():
+    """Independent of check_equivalence: other schedules and hyper-parameters; updates and
+    the state buffers (m = nu, Delta = -trace) compared after every step."""
+    lr = lambda c: 0.4 * (1.0 + 0.5 * (c >= 2))
+    alpha = alpha_sgd_schedule(1.0, beta_center=2.0, beta_period=2.0)
+    eta_rms = lambda c: 1e-3
+    ours = rmsprop_warmup(lr, alpha, rmsprop_learning_rate=1e-3, momentum=0.9, decay=0.99)
+    stock = bench_opt.stock_rmsprop_warmup(lr, alpha, eta_rms, momentum=0.9, decay=0.99)
+    rng = np.random.default_rng(0)
+    params = {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in SHAPES.items()}
+    sa, sb = ours.init(params), stock.init(params)
+    for _ in range(6):
+        g = {k: jnp.asarray(rng.normal(size=s) * 10.0 ** rng.uniform(-3, 1), jnp.float32)
+             for k, s in SHAPES.items()}  # fmt: skip
+        ua, sa = ours.update(g, sa, params)
+        ub, sb = stock.update(g, sb, params)
+        for k in SHAPES:
+            np.testing.assert_allclose(ua[k], ub[k], rtol=2e-5, atol=1e-7 * float(
+                jnp.max(jnp.abs(ua[k]))))  # fmt: skip
+        # The stock trace is -Delta, the velocity rmsprop_warmup keeps.
+        np.testing.assert_allclose(sb[1].trace["conv"], -sa.delta["conv"], rtol=2e-5, atol=1e-6)
+        np.testing.assert_allclose(sb[0][1][0].nu["conv"], sa.m["conv"], rtol=1e-6)
+        params = optax.apply_updates(params, ua)
+
+
+def test_state_bytes_counts_parameter_sized_buffers():
+    params = {k: jnp.zeros(s, jnp.float32) for k, s in SHAPES.items()}
+    txs = bench_opt.optimizers()
+    info = {name: bench_opt.state_bytes(tx.init(params), params) for name, (tx, _) in txs.items()}
+    param_bytes = sum(math.prod(s) for s in SHAPES.values()) * 4
+    assert info["rmsprop_warmup"]["param_sized_buffers"] == 2
+    assert info["rmsprop_warmup"]["array_state_over_param_bytes"] == 2.0
+    assert info["rmsprop_warmup"]["state_bytes"] == 2 * param_bytes + 4  # + int32 count
+    assert info["stock_rmsprop_warmup"]["param_sized_buffers"] == 2
+    assert info["sgd_momentum"]["param_sized_buffers"] == 1
+
+
+def test_check_equivalence_detects_a_difference(monkeypatch):
+    real = bench_opt.optimizers
+
+    def wrong():
+        out = real()
+        out["stock_rmsprop_warmup"] = (
+            optax.chain(out["stock_rmsprop_warmup"][0], optax.scale(1.01)),
+            "off by 1%",
+        )
+        return out
+
+    monkeypatch.setattr(bench_opt, "optimizers", wrong)
+    with pytest.raises(AssertionError, match="differs"):
+        bench_opt.check_equivalence(SHAPES, steps=2)
+
+
+def test_optimizer_suite_smallest_setting(tmp_path, capsys):
+    record = main(
+        [
+            "optimizer", "--model", "cifar_resnet8", "--reps", "2", "--min_seconds", "0",
+            "--check_steps", "3", "--results_dir", str(tmp_path),
+        ]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert "stock composition == rmsprop_warmup" in out
+    saved = json.loads(next(tmp_path.glob("bench_optimizer_*.json")).read_text())
+    assert saved["suite"] == record["suite"] == "optimizer"
+    assert saved["hardware"]["platform"] == "cpu" and saved["versions"]["optax"]
+    assert set(saved["results"]) == {"rmsprop_warmup", "stock_rmsprop_warmup", "sgd_momentum"}
+    for r in saved["results"].values():
+        for key in ("update_s_median", "state_bytes", "param_bytes", "state_over_param_bytes"):
+            assert math.isfinite(r[key]) and r[key] > 0, key
+    assert saved["results"]["rmsprop_warmup"]["param_sized_buffers"] == 2
+    assert saved["equivalence"]["max_relative_update_difference"] <= 1e-5

@@ -1,0 +1,78 @@
+"""`python -m lmsgd.bench step` in its smallest setting: runs, prints, writes sane JSON."""
+
+import json
+import math
+
+import jax
+
+from lmsgd.bench.__main__ import main
+
+TINY = [
+    "--quick",
+    "--model", "cifar_resnet8", "--width_multiplier", "0.25", "--per_device_batch", "2",
+    "--image_size", "8", "--steps", "2", "--warmup", "1", "--rounds", "2",
+    "--peak_matmul_size", "64",
+]  # fmt: skip
+
+
+def _positive(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_step_suite_smallest_setting(tmp_path, capsys):
+    record = main(["step", *TINY, "--results_dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "ours / baseline" in out and "MFU" in out and "mem/dev" in out
+    files = list(tmp_path.glob("bench_step_*.json"))
+    assert len(files) == 1 and record["suite"] == "step"
+    saved = json.loads(files[0].read_text())
+
+    hw, versions, config = saved["hardware"], saved["versions"], saved["config"]
+    assert hw["platform"] == "cpu" and hw["device_count"] == jax.device_count() == 8
+    assert hw["device_kind"] and hw["cpu_count"] >= 1
+    assert all(versions[k] for k in ("jax", "jaxlib", "flax", "optax", "lmsgd"))
+    assert config["global_batch"] == 16 and config["model"] == "cifar_resnet8"
+    assert config["num_classes"] == 10 and config["mesh_shape"] == [8]
+
+    assert _positive(saved["peak"]["peak_flops_per_s_total"])
+    assert set(saved["results"]) == {"ours", "baseline"}
+    for r in saved["results"].values():
+        for key in (
+            "lower_s", "compile_s", "step_s_median", "images_per_s", "images_per_s_per_device",
+            "model_flops_per_step_per_device", "model_flops_per_step_global", "mfu",
+            "memory_bytes_per_device", "temp_bytes_per_device", "num_params",
+            "images_per_s_best",
+        ):  # fmt: skip
+            assert _positive(r[key]), (key, r[key])
+        assert len(r["step_s_all"]) == 2
+        assert r["model_flops_per_step_global"] == 8 * r["model_flops_per_step_per_device"]
+        assert math.isfinite(r["final_loss"])
+    ours, base = saved["results"]["ours"], saved["results"]["baseline"]
+    assert ours["num_params"] == base["num_params"]
+    # Ours: one fused gradient all-reduce (+ the pooled statistics), nothing per layer;
+    # the baseline's partitioner all-reduces every normalization layer's moments.
+    assert ours["collectives_compiled"]["all-reduce/f32"]["count"] <= 3
+    assert base["collectives_compiled"]["all-reduce/f32"]["count"] > 10
+    assert _positive(saved["ours_over_baseline_images_per_s"])
+    assert _positive(saved["ours_over_baseline_memory"])
+
+
+def test_baseline_mirrors_our_resnet50():
+    """Same parameter count as lmsgd's ResNet-50; nn.BatchNorm with moving averages."""
+    import jax.numpy as jnp
+
+    from lmsgd.bench.baseline import create_baseline_model
+    from lmsgd.models import count_params, create_model
+
+    x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    ours = jax.eval_shape(lambda x: create_model("resnet50").init(jax.random.key(0), x,
+                                                                  train=False), x)  # fmt: skip
+    base = jax.eval_shape(
+        lambda x: create_baseline_model("resnet50", num_classes=1000).init(
+            jax.random.key(0), x, train=False
+        ),
+        x,
+    )
+    assert count_params(ours["params"]) == count_params(base["params"]) == 25_557_032
+    stats = jax.tree_util.tree_leaves_with_path(base["batch_stats"])
+    assert {p[-1].key for p, _ in stats} == {"mean", "var"}
