@@ -133,8 +133,6 @@ def rmsprop_warmup(
             square = jnp.square(g.astype(m.dtype))
             return decay * m + (1.0 - decay) * jnp.minimum(square, jnp.finfo(m.dtype).max / 2)
 
-        m = jax.tree.map(new_m, updates, state.m)
-
         def coefficients(m):
             # Scalars are cast to the leaf's compute dtype so float64 schedules (x64 mode) do
             # not silently promote float32 state.
@@ -147,21 +145,22 @@ def rmsprop_warmup(
             bound = 1.0 / math.sqrt(1.0 - decay)
             return jnp.clip(g.astype(m.dtype) / (jnp.sqrt(m) + eps), -bound, bound)
 
-        def new_delta(g, m, d):
-            _, a, c, inv_e = coefficients(m)
-            g, d = g.astype(m.dtype), d.astype(m.dtype)
-            return momentum * d - a * g - (c * inv_e) * rms_direction(g, m)
+        def leaf_update(g, m, d):
+            # One pass per tensor (one fused loop): m_t, the step eta * Delta_t and Delta_t.
+            m = new_m(g, m)
+            e, a, c, inv_e = coefficients(m)
+            g32, d32 = g.astype(m.dtype), d.astype(m.dtype)
+            r = rms_direction(g32, m)
+            delta = momentum * d32 - a * g32 - (c * inv_e) * r
+            # The step eta * Delta_t reads only the new Delta (so Delta updates in place, one
+            # pass); at eta = 0 it is the limit -eta_rms (1 - alpha) r, with no 1 / eta.
+            step = jnp.where(e > 0, e * delta, -c * r)
+            return step, m, delta.astype(d.dtype)
 
-        def step(g, m, d):
-            # eta * Delta_t, expanded so that no 1 / eta appears (finite for eta = 0).
-            e, a, c, _ = coefficients(m)
-            g, d = g.astype(m.dtype), d.astype(m.dtype)
-            return (e * momentum) * d - (a * e) * g - c * rms_direction(g, m)
-
-        # Two maps over the same inputs; XLA fuses them into one pass under jit.
-        steps = jax.tree.map(step, updates, m, state.delta)
-        delta = jax.tree.map(
-            lambda g, m, d: new_delta(g, m, d).astype(d.dtype), updates, m, state.delta
+        out = jax.tree.map(leaf_update, updates, state.m, state.delta)
+        is_triple = lambda x: isinstance(x, tuple) and len(x) == 3
+        steps, m, delta = (
+            jax.tree.map(lambda t, i=i: t[i], out, is_leaf=is_triple) for i in range(3)
         )
         steps = optax.tree_utils.tree_cast_like(steps, updates)
         count = optax.safe_increment(state.count)
