@@ -158,8 +158,9 @@ ALLREDUCE: dict[str, s.Key] = {
         f"one of {ALGORITHMS}",
     ),
     "fuse": s.Key(
-        True,
-        "One flat buffer for all gradients (True) or one per tensor.",
+        False,
+        "One flat buffer for all gradients (True; costs two gradient-sized copies) or one "
+        "collective per tensor that XLA's all-reduce combiner merges (False, measured faster).",
         s.is_bool,
         "True or False",
     ),

@@ -116,7 +116,7 @@ def make_train_step(
     schedules: Mapping[str, optax.Schedule] | None = None,
     allreduce_algorithm: str = "flat",
     allreduce_dtype: str = "float32",
-    allreduce_fuse: bool = True,
+    allreduce_fuse: bool = False,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Builds the jitted, sharded train step `(state, batch) -> (state, metrics)`.
 

@@ -44,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="non-flat ones run on a 2-D mesh (--mesh_shape, default (2, devices/2))",
     )
     parser.add_argument(
-        "--no_allreduce_fuse", action="store_true", help="one all-reduce per tensor"
+        "--allreduce_fuse",
+        action="store_true",
+        help="one flat gradient buffer (default: one all-reduce per tensor, combined by XLA)",
     )
     parser.add_argument("--mesh_shape", default=None, help="e.g. '2,4' (hosts,local)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per variant")
@@ -184,7 +186,7 @@ def _build(variant: str, s: dict, args, mesh, n: int):
         fn = make_train_step(
             model, tx, mesh, schedules=schedules,
             allreduce_algorithm=args.allreduce_algorithm, allreduce_dtype=args.allreduce_dtype,
-            allreduce_fuse=not args.no_allreduce_fuse,
+            allreduce_fuse=args.allreduce_fuse,
         )  # fmt: skip
     else:
         model = baseline.create_baseline_model(
@@ -302,7 +304,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dtype": args.dtype,
         "allreduce_dtype": args.allreduce_dtype,
         "allreduce_algorithm": args.allreduce_algorithm,
-        "allreduce_fuse": not args.no_allreduce_fuse,
+        "allreduce_fuse": args.allreduce_fuse,
         "width_multiplier": args.width_multiplier,
         "quick": bool(args.quick),
         "flops_note": "XLA cost analysis of the compiled per-device (SPMD-partitioned) program "

@@ -55,7 +55,7 @@ def allreduce_mean(
     data_axes: tuple[str, ...],
     algorithm: str = "flat",
     dtype: str = "float32",
-    fuse: bool = True,
+    fuse: bool = False,
 ):
     """Mean of per-device gradients over all devices, sent in `dtype` by `algorithm`.
 
@@ -69,7 +69,9 @@ def allreduce_mean(
         *before* the cast, so a float16 sum is the mean and cannot overflow; the result is
         float32.
       fuse: send one flat buffer (all gradients concatenated) instead of one collective per
-        tensor (then XLA's combiner decides).
+        tensor. Off by default: XLA's all-reduce combiner merges per-tensor collectives
+        without the concatenation and split copies (ResNet-50 step on 8 CPU devices: 1.10x
+        faster, 17% less memory than fused; docs/performance.md).
     Returns:
       Pytree like `grads`, float32, identical on every device.
     """
