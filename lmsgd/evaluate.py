@@ -54,6 +54,10 @@ def evaluate_checkpoint(
 def main(argv) -> None:
     from absl import flags
 
+    # orbax reports every save step by step through absl at INFO; keep its warnings. (Here,
+    # not before app.run, which resets absl's verbosity from its flags.)
+    logging.getLogger("absl").setLevel(logging.WARNING)
+
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS

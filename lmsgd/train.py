@@ -439,6 +439,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def main(argv) -> None:
     from absl import flags
 
+    # orbax reports every save step by step through absl at INFO; keep its warnings. (Here,
+    # not before app.run, which resets absl's verbosity from its flags.)
+    logging.getLogger("absl").setLevel(logging.WARNING)
+
     flags_ = flags.FLAGS
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {argv[1:]}")
