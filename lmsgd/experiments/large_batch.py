@@ -244,6 +244,10 @@ def finalize(config: ml_collections.ConfigDict, preset: str = "full") -> ml_coll
     config.logging.every_steps = p.log_every_steps
     config.logging.tensorboard = p.tensorboard
     config.checkpoint.enabled = p.checkpoints
+    if config.model.bn_group_size == 1:
+        # Per-device statistics over G / 8 images whatever the hardware: on 8 devices this is
+        # the whole device batch (no-op); on one GPU it splits the batch into 8 ghost batches.
+        config.model.bn_virtual_batch_size = config.global_batch_size // NUM_DEVICES
     config.optimizer = scale_epochs(config.optimizer, config.num_epochs)  # the one rule
     return config
 
@@ -512,7 +516,9 @@ def execute(run: Run, *, echo=print) -> dict[str, Any]:
         json.dumps({"wall_time_s": wall, "returncode": returncode,
                     "load_average_end": record["load_average_end"]})
     )  # fmt: skip
-    if record["num_devices"] not in (None, NUM_DEVICES):
+    if record["num_devices"] not in (None, NUM_DEVICES) and (
+        record["bn_span_examples"] != record["settings"]["bn_examples"]
+    ):
         echo(
             f"[{run.name}] WARNING: {record['num_devices']} devices, not {NUM_DEVICES}: "
             f"normalization statistics spanned {record['bn_span_examples']} images, not "
