@@ -393,7 +393,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 wait = time.perf_counter() - t_wait
                 window["wait"] += wait
                 history["data_wait_s"] += wait
-        final_loss = check_finite(step, metrics)
+        # A rerun of a finished run trains no step: it only evaluates the final checkpoint.
+        final_loss = check_finite(step, metrics) if pending is not None else None
         if ckpt is not None and last_good != step:
             save(step, state)
         wall = time.perf_counter() - t_start

@@ -88,6 +88,10 @@ def test_kill_and_resume_equals_uninterrupted_run_bitwise(tmp_path):
     assert s1 == s2 == 11
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(x, y)
+    # Rerunning a finished run trains nothing and evaluates the same final state again.
+    again = train_and_evaluate(tiny_config(), str(resumed))
+    assert again["resumed_from_step"] == again["step"] == 11
+    assert again["eval_top1"] == summary["eval_top1"]
 
 
 def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path):
