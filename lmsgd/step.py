@@ -26,6 +26,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from lmsgd.data.metrics import masked_topk_correct
 from lmsgd.models.normalization import BATCH_STATS
 from lmsgd.parallel.allreduce import allreduce_mean
 from lmsgd.parallel.mesh import batch_sharding, data_axes, replicated
@@ -102,10 +103,10 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
-def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-    """1.0 where the label is among the `k` largest logits, per example, `[B]`."""
-    top = jax.lax.top_k(logits, k)[1]
-    return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Top-1 accuracy of a full (unpadded) batch, float32 scalar."""
+    ones = jnp.ones(labels.shape, jnp.float32)
+    return masked_topk_correct(logits, labels, ones, ks=(1,))["top1"] / labels.shape[0]
 
 
 def make_train_step(
@@ -161,7 +162,7 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates_tx)
         metrics = {
             "loss": jax.lax.pmean(loss, axes),
-            "accuracy": jax.lax.pmean(jnp.mean(topk_correct(logits, batch["label"], 1)), axes),
+            "accuracy": jax.lax.pmean(accuracy(logits, batch["label"]), axes),
             "grad_norm": optax.tree.norm(grads),
         }
         metrics.update({name: fn(state.step) for name, fn in schedules.items()})
@@ -199,11 +200,12 @@ def make_eval_step(model: nn.Module, mesh: Mesh) -> Callable[[TrainState, Batch]
         )
         mask = batch["mask"].astype(jnp.float32)
         labels = batch["label"]
+        counts = masked_topk_correct(logits, labels, mask)  # top-5 is top-min(5, classes)
         sums = {
-            "count": jnp.sum(mask),
+            "count": counts["count"],
             "loss_sum": jnp.sum(cross_entropy(logits, labels) * mask),
-            "top1_correct": jnp.sum(topk_correct(logits, labels, 1) * mask),
-            "top5_correct": jnp.sum(topk_correct(logits, labels, min(5, logits.shape[-1])) * mask),
+            "top1_correct": counts["top1"],
+            "top5_correct": counts["top5"],
         }
         return jax.lax.psum(sums, axes)
 

@@ -31,7 +31,7 @@ from jax.sharding import Mesh
 from lmsgd.models.registry import ARCHITECTURES, DTYPES
 from lmsgd.models.resnet import BottleneckBlock, conv_init
 from lmsgd.parallel.mesh import batch_sharding, replicated
-from lmsgd.step import TrainState, cross_entropy, topk_correct
+from lmsgd.step import TrainState, accuracy, cross_entropy
 
 
 class _Block(nn.Module):
@@ -156,7 +156,7 @@ def make_baseline_train_step(model, tx: optax.GradientTransformation, mesh: Mesh
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         metrics = {
             "loss": loss,
-            "accuracy": jnp.mean(topk_correct(logits, batch["label"], 1)),
+            "accuracy": accuracy(logits, batch["label"]),
             "grad_norm": optax.tree.norm(grads),
         }
         return state.replace(
