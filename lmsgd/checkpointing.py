@@ -19,6 +19,9 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from lmsgd.errors import IncompatibleCheckpointError
+from lmsgd.workdir import as_disk_full
+
 log = logging.getLogger(__name__)
 
 # Config entries that change the shapes or meaning of the saved state.
@@ -30,10 +33,6 @@ FINGERPRINT_KEYS = (
     ("optimizer", "name"),
     ("optimizer", "delta_dtype"),
 )
-
-
-class IncompatibleCheckpointError(ValueError):
-    """The workdir holds a checkpoint of another configuration."""
 
 
 def state_fingerprint(state: Any) -> dict[str, Any]:
@@ -55,18 +54,19 @@ class Checkpointer:
 
     Args:
       workdir: the run directory (local path or gs:// bucket).
-      every_steps: save interval; `save(..., force=True)` saves regardless.
+      every_steps: save interval (orbax's `save_interval_steps`); `save(..., force=True)`
+        saves regardless (the final step, a preemption).
       keep: number of newest checkpoints kept.
-      async_save: write in a background thread (orbax); `wait()` before exiting.
+      async_save: write in a background thread (orbax); `wait()` before exiting. A
+        checkpoint counts only once committed (`latest_step` after `wait`).
     """
 
     def __init__(self, workdir: str, *, every_steps: int, keep: int, async_save: bool):
         self.directory = os.path.join(os.path.abspath(workdir) if "://" not in workdir
                                       else workdir, "checkpoints")  # fmt: skip
-        self.every_steps = every_steps
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
-            save_interval_steps=1,  # the interval is decided by `should_save`
+            save_interval_steps=every_steps,
             enable_async_checkpointing=async_save,
             create=True,
         )
@@ -78,9 +78,13 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def should_save(self, step: int) -> bool:
-        return step % self.every_steps == 0
+        return self._manager.should_save(step)
 
-    def save(self, step: int, state: Any, config: Mapping[str, Any]) -> None:
+    def save(
+        self, step: int, state: Any, config: Mapping[str, Any], *, force: bool = False
+    ) -> bool:
+        """Saves `state` as checkpoint `step` if the interval says so (or `force`); returns
+        whether a save started. Raises DiskFullError if the disk is full."""
         meta = {
             "step": int(step),
             "config": json.loads(config.to_json()) if hasattr(config, "to_json") else dict(config),
@@ -88,18 +92,18 @@ class Checkpointer:
             "state_fingerprint": state_fingerprint(state),
         }
         try:
-            self._manager.save(
+            return self._manager.save(
                 int(step),
                 args=ocp.args.Composite(
                     state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
                 ),
-                force=True,
+                force=force,
             )
-        except OSError as e:  # full disk, permissions
-            raise OSError(
-                f"could not write checkpoint {step} to {self.directory}: {e}. The previous "
-                f"checkpoint ({self.latest_step()}) is intact; free space or fix permissions."
-            ) from e
+        except (OSError, ValueError) as e:  # tensorstore reports a full disk as ValueError
+            full = as_disk_full(e, self.directory)
+            if full is None:
+                raise
+            raise full from e
 
     def restore(self, state_template: Any, config: Mapping[str, Any], step: int | None = None):
         """Restores the given (default: latest) checkpoint into the template's shardings.
@@ -136,7 +140,14 @@ class Checkpointer:
         return self._manager.reached_preemption(step)
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        """Blocks until pending saves are committed (raises their errors)."""
+        try:
+            self._manager.wait_until_finished()
+        except (OSError, ValueError) as e:
+            full = as_disk_full(e, self.directory)
+            if full is None:
+                raise
+            raise full from e
 
     def close(self) -> None:
         self._manager.close()

@@ -15,14 +15,13 @@ from typing import Any
 import ml_collections
 
 from lmsgd import schema as s
-from lmsgd.data.config import default_data_config, validate_data_config
+from lmsgd.data.config import DATA
+from lmsgd.errors import ConfigError
 from lmsgd.models.normalization import MODES
 from lmsgd.models.registry import ARCHITECTURES, DTYPES
-from lmsgd.optim.config import default_optimizer_config, validate_optimizer_config
+from lmsgd.optim.config import OPTIMIZER
 from lmsgd.parallel.allreduce import ALGORITHMS
 from lmsgd.parallel.allreduce import DTYPES as ALLREDUCE_DTYPES
-
-SECTIONS = ("model", "optimizer", "data", "allreduce", "checkpoint", "logging")
 
 TOP_LEVEL: dict[str, s.Key] = {
     "seed": s.Key(
@@ -49,6 +48,7 @@ TOP_LEVEL: dict[str, s.Key] = {
         s.optional(s.positive_int),
         "None or a positive integer divisible by the devices",
         int,
+        64,
     ),
     "eval_every_epochs": s.Key(
         10.0,
@@ -63,6 +63,7 @@ TOP_LEVEL: dict[str, s.Key] = {
         s.optional(s.positive_int),
         "None or a positive integer",
         int,
+        5,
     ),
     "num_cpu_devices": s.Key(
         None,
@@ -71,6 +72,7 @@ TOP_LEVEL: dict[str, s.Key] = {
         s.optional(s.positive_int),
         "None or a positive integer",
         int,
+        8,
     ),
     "distributed": s.Key(
         "auto",
@@ -91,6 +93,7 @@ MODEL: dict[str, s.Key] = {
         s.optional(s.positive_int),
         "None or a positive integer",
         int,
+        10,
     ),
     "dtype": s.Key(
         "float32",
@@ -177,6 +180,7 @@ ALLREDUCE: dict[str, s.Key] = {
         ),
         "None, (devices,) or (hosts, local_devices)",
         tuple,
+        (8,),
     ),
 }
 
@@ -202,43 +206,68 @@ LOGGING: dict[str, s.Key] = {
         None, "(start, stop): trace these steps with jax.profiler into <workdir>/profile.",
         s.optional(lambda x: isinstance(x, (tuple, list)) and len(x) == 2
                    and all(s.nonneg_int(v) for v in x) and x[0] < x[1]),
-        "None or (start_step, stop_step) with start < stop", tuple),
+        "None or (start_step, stop_step) with start < stop", tuple, (1, 2)),
 }  # fmt: skip
 
-_SECTION_KEYS = {"model": MODEL, "allreduce": ALLREDUCE, "checkpoint": CHECKPOINT,
-                 "logging": LOGGING}  # fmt: skip
+
+def _virtual_batch_rule(cfg: Mapping[str, Any]) -> str | None:
+    if cfg["bn_virtual_batch_size"] and cfg["bn_group_size"] != 1:
+        return (
+            f"config.model.bn_virtual_batch_size={cfg['bn_virtual_batch_size']} splits one "
+            f"device's batch and needs config.model.bn_group_size=1 (got "
+            f"{cfg['bn_group_size']})"
+        )
+    return None
+
+
+def _mesh_rule(cfg: Mapping[str, Any]) -> str | None:
+    shape = cfg["mesh_shape"]
+    if cfg["algorithm"] != "flat" and shape is not None and len(shape) != 2:
+        return (
+            f"config.allreduce.algorithm={cfg['algorithm']!r} needs a 2-D "
+            f"config.allreduce.mesh_shape (hosts, local_devices); got {tuple(shape)}"
+        )
+    return None
+
+
+SECTIONS: dict[str, s.Section] = {
+    "model": s.Section("model", MODEL, rules=(_virtual_batch_rule,)),
+    "optimizer": OPTIMIZER,
+    "data": DATA,
+    "allreduce": s.Section("allreduce", ALLREDUCE, rules=(_mesh_rule,)),
+    "checkpoint": s.Section("checkpoint", CHECKPOINT),
+    "logging": s.Section("logging", LOGGING),
+}
+TOP = s.Section("", TOP_LEVEL)
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """Every key with its default: the paper's recipe on ImageNet-sized settings."""
-    cfg = s.defaults(TOP_LEVEL)
-    for name, keys in _SECTION_KEYS.items():
-        cfg[name] = s.defaults(keys)
-    # Typed placeholders for the None defaults of the sections kept with their code.
-    cfg.optimizer = s.with_placeholders(default_optimizer_config(), {"base_learning_rate": float})
-    cfg.data = s.with_placeholders(
-        default_data_config(), {"data_dir": str, "manual_dir": str, "num_classes": int}
-    )
+    """Every key with its default (the paper's recipe on ImageNet-sized settings), locked.
+
+    Locked: a config file that assigns a key that does not exist (a typo) fails on that line,
+    with ml_collections' closest-name suggestion.
+    """
+    cfg = TOP.defaults()
+    for name, section in SECTIONS.items():
+        cfg[name] = section.defaults()
+    cfg.lock()
     return cfg
 
 
 def validate_config(cfg: Mapping[str, Any]) -> None:
-    """Raises ValueError naming the first bad key and what is allowed (no JAX work)."""
-    top = {k: v for k, v in cfg.items() if k not in SECTIONS}
-    s.validate(top, TOP_LEVEL, "")
+    """Raises ConfigError naming the first bad key and what is allowed (no JAX work).
+
+    Command-line strings 'True'/'False' of keys that take a bool or 'auto' are converted
+    first (ml_collections parses an override by the type of the current value).
+    """
+    TOP.validate(cfg, nested=tuple(SECTIONS))
     missing = [name for name in SECTIONS if name not in cfg]
     if missing:
-        raise ValueError(f"config is missing section(s) {missing}; start from base_config()")
-    for name, keys in _SECTION_KEYS.items():
-        s.validate(cfg[name], keys, name)
-    validate_optimizer_config(cfg["optimizer"])
-    validate_data_config(cfg["data"])
-    mesh_shape = cfg["allreduce"]["mesh_shape"]
-    if cfg["allreduce"]["algorithm"] != "flat" and mesh_shape is not None and len(mesh_shape) != 2:
-        raise ValueError(
-            f"config.allreduce.algorithm={cfg['allreduce']['algorithm']!r} needs a 2-D "
-            f"mesh_shape (hosts, local_devices); got {tuple(mesh_shape)}"
-        )
+        raise ConfigError(f"config is missing section(s) {missing}; start from base_config()")
+    for name, section in SECTIONS.items():
+        if isinstance(cfg[name], ml_collections.ConfigDict):
+            section.normalize(cfg[name])
+        section.validate(cfg[name])
 
 
 def load_config_file(

@@ -1,10 +1,14 @@
-"""Metrics people can watch: console lines, TensorBoard (clu) and a JSON-lines file.
+"""Metric writers: clu's default writer (console log + TensorBoard) and a JSON-lines file.
 
-Only process 0 writes; the others log nothing, so a pod produces one set of files.
+Process 0 writes files; the other processes only log (`create_default_writer(just_logging=
+process_index != 0)`, as Flax's ImageNet example does), so a pod produces one set of files.
+Scalars are named `<kind>/<name>` (`train/loss`, `eval/top1`); `metrics.jsonl` holds one
+record per step and kind: `{"step": 50, "kind": "train", "loss": ..., ...}`.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
@@ -13,8 +17,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+from clu import metric_writers
 
 log = logging.getLogger("lmsgd")
+
+METRICS_FILE = "metrics.jsonl"
 
 
 def _clean(value: Any) -> Any:
@@ -22,41 +29,90 @@ def _clean(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-class MetricLogger:
-    """Writes scalars to `<workdir>/metrics.jsonl` and TensorBoard (process 0 only)."""
+class JsonlWriter(metric_writers.MetricWriter):
+    """Appends scalars to a JSON-lines file, one record per (step, kind).
 
-    def __init__(self, workdir: str, *, tensorboard: bool = True):
-        self.active = jax.process_index() == 0
-        self._writer = None
-        self._jsonl = None
-        if not self.active:
-            return
-        if tensorboard:
-            from clu import metric_writers
+    clu ships no JSON-lines writer; this is the one metric sink written by hand. A name
+    `kind/key` goes to the record of that kind; names without a kind to kind 'progress'.
+    """
 
-            self._writer = metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)  # noqa: SIM115
+    def __init__(self, path: str):
+        self._file = open(path, "a", buffering=1)  # noqa: SIM115 (closed by close())
 
-    def write(self, step: int, kind: str, scalars: Mapping[str, Any]) -> None:
-        if not self.active:
-            return
-        record = {"step": int(step), "kind": kind, **{k: _clean(v) for k, v in scalars.items()}}
-        self._jsonl.write(json.dumps(record) + "\n")
-        if self._writer is not None:
-            finite = {f"{kind}/{k}": v for k, v in record.items()
-                      if k not in ("step", "kind") and isinstance(v, (int, float))}  # fmt: skip
-            self._writer.write_scalars(int(step), finite)
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        records: dict[str, dict[str, Any]] = collections.defaultdict(dict)
+        for name, value in scalars.items():
+            kind, _, key = name.rpartition("/")
+            records[kind or "progress"][key] = _clean(value)
+        for kind, values in records.items():
+            self._file.write(json.dumps({"step": int(step), "kind": kind, **values}) + "\n")
 
-    def info(self, msg: str, *args: Any) -> None:
-        if self.active:
-            log.info(msg, *args)
+    def write_summaries(self, step, values, metadata=None) -> None:
+        pass
+
+    def write_images(self, step, images) -> None:
+        pass
+
+    def write_videos(self, step, videos) -> None:
+        pass
+
+    def write_audios(self, step, audios, *, sample_rate) -> None:
+        pass
+
+    def write_texts(self, step, texts) -> None:
+        pass
+
+    def write_histograms(self, step, arrays, num_buckets=None) -> None:
+        pass
+
+    def write_hparams(self, hparams) -> None:
+        pass
+
+    def flush(self) -> None:
+        self._file.flush()
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
-            self._writer.close()
-        if self._jsonl is not None:
-            self._jsonl.close()
+        self._file.close()
+
+
+def create_writer(workdir: str, *, tensorboard: bool = True) -> metric_writers.MetricWriter:
+    """Console + TensorBoard + `metrics.jsonl` on process 0; console only elsewhere.
+
+    Synchronous, so that a failed write (e.g. a full disk) surfaces in the loop where it can
+    be reported, not in a background thread.
+    """
+    if jax.process_index() != 0:
+        return metric_writers.create_default_writer(just_logging=True, asynchronous=False)
+    default = metric_writers.create_default_writer(
+        os.path.join(workdir, "tensorboard") if tensorboard else None, asynchronous=False
+    )
+    return metric_writers.MultiWriter([default, JsonlWriter(os.path.join(workdir, METRICS_FILE))])
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+    """The records of `<workdir>/metrics.jsonl` (empty if there is none)."""
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def drop_metrics_after(workdir: str, step: int) -> int:
+    """Removes records after `step` (a resumed run writes them again); returns how many.
+
+    Rewrites the file atomically (temporary file + rename).
+    """
+    path = os.path.join(workdir, METRICS_FILE)
+    records = read_metrics(workdir)
+    kept = [r for r in records if r["step"] <= step]
+    if len(kept) == len(records):
+        return 0
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+    os.replace(tmp, path)
+    return len(records) - len(kept)
 
 
 def format_duration(seconds: float) -> str:

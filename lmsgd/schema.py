@@ -1,17 +1,24 @@
 """Config sections as data: each key's default, meaning and check, in one table.
 
-Every section (`config.model`, `config.optimizer`, ...) is a dict of `Key`s; its defaults and
-its validation are both derived from that table, so they cannot drift apart.
+Every section (`config.model`, `config.optimizer`, ...) is a `Section` of `Key`s; its
+defaults, its command-line types and its validation all derive from that table, so they
+cannot drift apart. `Section.validate` is the one validator: unknown keys (with the closest
+valid names), missing keys, bad values and the section's cross-key rules, each with one
+message that names `config.<section>.<key>`, the value and what is allowed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import ml_collections
+
+from lmsgd.errors import ConfigError
 
 
 class Key(NamedTuple):
@@ -19,7 +26,10 @@ class Key(NamedTuple):
     doc: str
     check: Callable[[Any], bool]
     allowed: str
-    kind: type | None = None  # the type of a None default, so --config.key=value can set it
+    # Type of a None default, so that `--config.key=value` can set it (a typed placeholder).
+    kind: type | None = None
+    # A valid non-default value, for tests that set every key from the command line.
+    example: Any = None
 
 
 def is_int(x: Any) -> bool:
@@ -51,51 +61,97 @@ def nonneg(x: Any) -> bool:
 
 
 def one_of(*choices: Any) -> Callable[[Any], bool]:
-    return lambda x: x in choices
+    def check(x: Any) -> bool:
+        # `x in choices` would take 1 for True and 0.0 for False.
+        return any(x is c or (type(x) is type(c) and x == c) for c in choices)
+
+    check.choices = choices  # type: ignore[attr-defined]  # for "did you mean" hints
+    return check
 
 
 def optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda x: x is None or check(x)
 
 
-def defaults(keys: Mapping[str, Key]) -> ml_collections.ConfigDict:
-    return with_placeholders(
-        ml_collections.ConfigDict({k: spec.default for k, spec in keys.items()}),
-        {k: spec.kind for k, spec in keys.items() if spec.kind is not None},
-    )
+def closest(name: str, candidates: Sequence[str]) -> list[str]:
+    return difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.5)
 
 
-def with_placeholders(
-    cfg: ml_collections.ConfigDict, kinds: Mapping[str, type]
-) -> ml_collections.ConfigDict:
-    """Turns None values into typed placeholders.
+def _bool_from_string(x: Any) -> Any:
+    """'True'/'False' from the command line, for keys whose default is a string ('auto')."""
+    if isinstance(x, str) and x.lower() in ("true", "false"):
+        return x.lower() == "true"
+    return x
 
-    ml_collections cannot parse a command-line override of a plain None (it does not know the
-    type); a placeholder keeps None as the default and accepts a value of its type.
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """One config section: its keys and the rules that involve several keys.
+
+    Attributes:
+      name: 'model', 'optimizer', ...; '' for the top level.
+      keys: key name -> `Key`.
+      rules: functions of the section returning an error message (or None) for rules that
+        involve several keys.
+      type_safe: ml_collections type safety. False for sections with keys that legitimately
+        switch type ('auto' or a bool).
     """
-    for key, kind in kinds.items():
-        if cfg[key] is None:
-            cfg[key] = ml_collections.config_dict.placeholder(kind)
-    return cfg
 
+    name: str
+    keys: Mapping[str, Key]
+    rules: tuple[Callable[[Mapping[str, Any]], str | None], ...] = ()
+    type_safe: bool = True
 
-def validate(cfg: Mapping[str, Any], keys: Mapping[str, Key], section: str) -> None:
-    """Raises ValueError naming `section.key`, the bad value and what is allowed."""
-    prefix = f"{section}." if section else ""
-    unknown = sorted(set(cfg.keys()) - set(keys))
-    if unknown:
-        raise ValueError(
-            f"unknown config key(s) {[prefix + k for k in unknown]}; "
-            f"allowed in {section or 'the top level'}: {sorted(keys)}"
-        )
-    missing = sorted(set(keys) - set(cfg.keys()))
-    if missing:
-        raise ValueError(
-            f"missing config key(s) {[prefix + k for k in missing]}; start from the defaults"
-        )
-    for key, spec in keys.items():
-        value = cfg[key]
-        if isinstance(value, ml_collections.ConfigDict):
-            continue  # a section, validated by its own table
-        if not spec.check(value):
-            raise ValueError(f"config.{prefix}{key}={value!r} is invalid; expected {spec.allowed}")
+    def path(self, key: str) -> str:
+        return f"config.{self.name}.{key}" if self.name else f"config.{key}"
+
+    def defaults(self) -> ml_collections.ConfigDict:
+        """Every key with its default; None defaults become typed placeholders."""
+        cfg = ml_collections.ConfigDict(type_safe=self.type_safe)
+        for key, spec in self.keys.items():
+            if spec.default is None and spec.kind is not None:
+                cfg[key] = ml_collections.config_dict.placeholder(spec.kind)
+            else:
+                cfg[key] = spec.default
+        return cfg
+
+    def normalize(self, cfg: ml_collections.ConfigDict) -> None:
+        """Converts command-line strings 'True'/'False' of bool-or-string keys in place."""
+        for key, spec in self.keys.items():
+            if key in cfg and isinstance(cfg[key], str) and spec.check(True):
+                value = _bool_from_string(cfg[key])
+                if value is not cfg[key]:
+                    cfg[key] = value
+
+    def validate(self, cfg: Mapping[str, Any], *, nested: Sequence[str] = ()) -> None:
+        """Raises ConfigError naming the first bad key, its value and what is allowed."""
+        present = [k for k in cfg if k not in nested]
+        unknown = sorted(set(present) - set(self.keys))
+        if unknown:
+            key = unknown[0]
+            near = closest(key, list(self.keys))
+            hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else ""
+            raise ConfigError(
+                f"unknown config key {self.path(key)}{hint} "
+                f"(keys of {'config.' + self.name if self.name else 'the top level'}: "
+                f"{', '.join(sorted(self.keys))})"
+            )
+        missing = sorted(set(self.keys) - set(present))
+        if missing:
+            raise ConfigError(
+                f"config is missing {', '.join(self.path(k) for k in missing)}; start config "
+                "files from lmsgd.config.base_config()"
+            )
+        for key, spec in self.keys.items():
+            value = cfg[key]
+            if not spec.check(value):
+                choices = [c for c in getattr(spec.check, "choices", ()) if isinstance(c, str)]
+                near = closest(value, choices) if isinstance(value, str) else []
+                hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
+                raise ConfigError(
+                    f"{self.path(key)}={value!r} is invalid{hint}; expected {spec.allowed}"
+                )
+        for rule in self.rules:
+            message = rule(cfg)
+            if message:
+                raise ConfigError(message)

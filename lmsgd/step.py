@@ -14,6 +14,7 @@ global-batch mean.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -52,7 +53,7 @@ class TrainState:
 
 def bind_model_to_mesh(model: nn.Module, mesh: Mesh) -> nn.Module:
     """The model with its normalization statistics spanning this mesh's data axes."""
-    return model.clone(bn_axis_name=data_axes(mesh))
+    return model.clone(norm=functools.partial(model.norm, axis_name=data_axes(mesh)))
 
 
 def create_train_state(
@@ -98,6 +99,12 @@ def pool_batch_stats(batch_stats: Any, axes: tuple[str, ...]) -> Any:
     return flax.traverse_util.unflatten_dict(out)
 
 
+def all_finite(tree: Any) -> jax.Array:
+    """True (bool scalar) if every element of every leaf is finite."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Per-example softmax cross-entropy in float32, `[B]`."""
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
@@ -122,7 +129,7 @@ def make_train_step(
     """Builds the jitted, sharded train step `(state, batch) -> (state, metrics)`.
 
     Args:
-      model: a `ResNet` (any module with `bn_axis_name` and `train=`); its normalization span
+      model: a `ResNet` (any module with a `norm` factory and `train=`); its normalization span
         is bound to the mesh's data axes here.
       tx: the optimizer (its update is applied to the all-reduced mean gradient).
       mesh: from `create_mesh`; parameters and optimizer state are replicated over it.
@@ -132,7 +139,8 @@ def make_train_step(
       A function of the replicated `TrainState` and a global batch `{'image': [B, H, W, C],
       'label': [B]}` sharded over the data axes (B = global batch). The state is donated.
       Metrics are replicated scalars: loss and accuracy (global-batch means), grad_norm (of the
-      mean gradient, before weight decay) and each schedule's value.
+      mean gradient, before weight decay), param_norm (after the update), `finite` (bool: loss,
+      gradient and updated parameters all finite) and each schedule's value.
     """
     axes = data_axes(mesh)
     model = bind_model_to_mesh(model, mesh)
@@ -164,13 +172,24 @@ def make_train_step(
             "loss": jax.lax.pmean(loss, axes),
             "accuracy": jax.lax.pmean(accuracy(logits, batch["label"]), axes),
             "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(params),
         }
+
         metrics.update({name: fn(state.step) for name, fn in schedules.items()})
         new_state = state.replace(
             step=state.step + 1,
             params=params,
             batch_stats=pool_batch_stats(updates.get(BATCH_STATS, {}), axes),
             opt_state=opt_state,
+        )
+        # One flag for the host: the loss, the gradient and the *updated* state are finite.
+        # A blown-up step can keep a finite loss while its gradient, its parameters or its
+        # normalization statistics (checkpointed for evaluation) are already inf.
+        metrics["finite"] = (
+            jnp.isfinite(metrics["loss"])
+            & jnp.isfinite(metrics["grad_norm"])
+            & all_finite(new_state.params)
+            & all_finite(new_state.batch_stats)
         )
         return new_state, metrics
 

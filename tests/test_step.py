@@ -1,5 +1,7 @@
 """The sharded train step against a single-device reference that never uses shard_map."""
 
+import functools
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -7,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from lmsgd.models import create_model, pool_statistics
+from lmsgd.models import BatchStatsNorm, create_model, pool_statistics
 from lmsgd.parallel import create_mesh, describe_collectives, per_device_batch_size
 from lmsgd.step import (
     create_train_state,
@@ -134,7 +136,7 @@ def mesh2d():
 
 @pytest.mark.parametrize("group_size", [1, 2, 4, 0])
 def test_equals_single_device_reference(mesh, group_size):
-    model = tiny_model(bn_group_size=group_size)
+    model = tiny_model(norm=functools.partial(BatchStatsNorm, group_size=group_size))
     tx = optax.sgd(0.5, momentum=0.9)
     steps = batches(3, seed=group_size)
     state, metrics, params0, stats0, _, history = run_sharded(mesh, model, tx, steps)

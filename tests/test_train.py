@@ -12,9 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-from lmsgd.checkpointing import IncompatibleCheckpointError, load_state_arrays
+from lmsgd.checkpointing import load_state_arrays
 from lmsgd.config import base_config, load_config_file, validate_config
-from lmsgd.train import NonFiniteLossError, train_and_evaluate
+from lmsgd.errors import IncompatibleCheckpointError, NonFiniteLossError, WorkdirError
+from lmsgd.train import train_and_evaluate
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DIGITS_TRAIN = 1437  # 80% of scikit-learn's 1,797 digits
@@ -88,6 +89,10 @@ def test_kill_and_resume_equals_uninterrupted_run_bitwise(tmp_path):
     assert s1 == s2 == 11
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(x, y)
+    # metrics.jsonl holds each step once: the resume dropped steps 5-6 of the crashed run.
+    records = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert train_steps == [2, 4, 6, 8, 10, 11]
     # Rerunning a finished run trains nothing and evaluates the same final state again.
     again = train_and_evaluate(tiny_config(), str(resumed))
     assert again["resumed_from_step"] == again["step"] == 11
@@ -117,7 +122,7 @@ def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path):
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, output
-    assert "preempted: saved step" in output
+    assert "preempted at step" in output and "saved step" in output
     step, _ = final_params(workdir)
     assert step >= 2
     # The rerun resumes from that checkpoint.
@@ -163,7 +168,7 @@ def test_run_killed_mid_save_leaves_previous_checkpoint(tmp_path):
 def test_unwritable_workdir_is_reported(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(OSError, match="not writable"):
+    with pytest.raises(WorkdirError, match="not writable"):
         train_and_evaluate(tiny_config(), str(blocker / "sub"))
 
 
@@ -184,7 +189,7 @@ def test_bad_config_keys_and_values_are_named():
 
 
 def test_batch_that_does_not_divide_fails_before_compiling(tmp_path):
-    with pytest.raises(ValueError, match="global_batch_size=60 must be a positive multiple"):
+    with pytest.raises(ValueError, match="global_batch_size=60 is not divisible by the 8 dev"):
         train_and_evaluate(tiny_config(global_batch_size=60), str(tmp_path))
 
 
@@ -227,4 +232,4 @@ def test_variants_train_and_evaluate(tmp_path, overrides):
     assert summary["eval_examples"] == 360
     assert np.isfinite(summary["eval_loss"])
     if "logging.profile_steps" in overrides:
-        assert list((tmp_path / "profile").rglob("*.xplane.pb"))
+        assert list(tmp_path.rglob("*.xplane.pb"))

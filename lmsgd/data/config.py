@@ -14,8 +14,10 @@ from typing import Any
 import ml_collections
 
 from lmsgd.schema import Key as _Key
+from lmsgd.schema import Section
 from lmsgd.schema import is_int as _is_int
 from lmsgd.schema import is_number as _is_number
+from lmsgd.schema import one_of as _one_of
 
 DATASET_NAMES = ("digits", "image_folder", "imagenet2012", "synthetic")
 CROP_MODES = ("auto", "inception", "resize_crop")
@@ -50,7 +52,7 @@ _KEYS: dict[str, _Key] = {
         "digits",
         "Dataset: 'digits' (scikit-learn's 8x8 digits, no download), 'image_folder' "
         "(data_dir/train/<class>/*.jpg), 'imagenet2012' (TFDS), 'synthetic' (on-device noise).",
-        lambda x: x in DATASET_NAMES,
+        _one_of(*DATASET_NAMES),
         " | ".join(map(repr, DATASET_NAMES)),
     ),
     "data_dir": _Key(
@@ -59,6 +61,8 @@ _KEYS: dict[str, _Key] = {
         "imagenet2012: the TFDS data_dir (None = TFDS default, ~/tensorflow_datasets).",
         _opt_str,
         "None or a non-empty path string",
+        str,
+        "/data",
     ),
     "manual_dir": _Key(
         None,
@@ -66,6 +70,8 @@ _KEYS: dict[str, _Key] = {
         "(None = <data_dir>/downloads/manual).",
         _opt_str,
         "None or a non-empty path string",
+        str,
+        "/data",
     ),
     "train_split": _Key(
         "train",
@@ -86,6 +92,8 @@ _KEYS: dict[str, _Key] = {
         "data has (checked).",
         lambda x: x is None or (_is_int(x) and x >= 2),
         "None or an int >= 2",
+        int,
+        10,
     ),
     "num_train_examples": _Key(
         IMAGENET_NUM_TRAIN,
@@ -118,7 +126,7 @@ _KEYS: dict[str, _Key] = {
         "into JPEG decoding. 'resize_crop': ChainerMN style, resize to image_size/eval_crop_ratio "
         "square (256 for 224) and take a random image_size crop. 'auto': resize_crop for digits, "
         "inception otherwise.",
-        lambda x: x in CROP_MODES,
+        _one_of(*CROP_MODES),
         " | ".join(map(repr, CROP_MODES)),
     ),
     "crop_area_range": _Key(
@@ -158,7 +166,7 @@ _KEYS: dict[str, _Key] = {
         "float32",
         "Dtype of the normalized images handed to the model ('bfloat16' halves host->device "
         "traffic).",
-        lambda x: x in DTYPES,
+        _one_of(*DTYPES),
         " | ".join(map(repr, DTYPES)),
     ),
     # --- tf.data performance -------------------------------------------------------------------
@@ -211,42 +219,38 @@ _KEYS: dict[str, _Key] = {
     ),
 }
 
+
+def _folder_needs_data_dir(cfg: Mapping[str, Any]) -> str | None:
+    if cfg["name"] == "image_folder" and not cfg["data_dir"]:
+        return (
+            "config.data.data_dir is required for name='image_folder': the root that holds "
+            "train/<class>/*.jpg and val/<class>/*.jpg (python -m lmsgd.data.prepare cifar10 "
+            "prepares CIFAR-10 in that layout)"
+        )
+    return None
+
+
+# type_safe=False: keys such as `cache` legitimately switch between 'auto' and a bool.
+DATA = Section("data", _KEYS, rules=(_folder_needs_data_dir,), type_safe=False)
 DATA_CONFIG_DOCS: dict[str, str] = {k: v.doc for k, v in _KEYS.items()}
 
 
 def default_data_config() -> ml_collections.ConfigDict:
     """Defaults of every ``config.data`` key (the built-in digits dataset at 32x32)."""
-    # type_safe=False: keys such as `cache` legitimately switch between 'auto' and a bool.
-    return ml_collections.ConfigDict({k: v.default for k, v in _KEYS.items()}, type_safe=False)
+    return DATA.defaults()
 
 
 def validate_data_config(cfg: Mapping[str, Any]) -> None:
-    """Raise ValueError naming the first bad key/value and what is allowed (unknown keys too)."""
-    cfg = dict(cfg)
-    unknown = sorted(set(cfg) - set(_KEYS))
-    if unknown:
-        raise ValueError(f"config.data has unknown key(s) {unknown}; allowed keys: {sorted(_KEYS)}")
-    for key, spec in _KEYS.items():
-        if key not in cfg:
-            continue  # Missing keys take their defaults (see `resolve`).
-        value = cfg[key]
-        if not spec.check(value):
-            raise ValueError(f"config.data.{key}={value!r} is invalid; allowed: {spec.allowed}")
-    name = cfg.get("name", _KEYS["name"].default)
-    if name == "image_folder" and not cfg.get("data_dir"):
-        raise ValueError(
-            "config.data.data_dir is required for name='image_folder': the root that holds "
-            "train/<class>/*.jpg and val/<class>/*.jpg"
-        )
+    """Raises ConfigError (a ValueError) naming the first bad key/value and what is allowed."""
+    DATA.validate(cfg)
 
 
 def resolve(cfg: Mapping[str, Any]) -> ml_collections.ConfigDict:
-    """Validated copy of ``cfg`` with missing keys filled from the defaults."""
+    """Validated copy of ``cfg`` (a complete config.data section)."""
+    cfg = ml_collections.ConfigDict(dict(cfg), type_safe=False)
+    DATA.normalize(cfg)
     validate_data_config(cfg)
-    out = default_data_config()
-    for k, v in dict(cfg).items():
-        out[k] = v
-    return out
+    return cfg
 
 
 def effective_crop(cfg: Mapping[str, Any]) -> str:

@@ -37,6 +37,7 @@ from lmsgd.data import augment, config, sources, synthetic
 from lmsgd.data import sharding as shard_lib
 from lmsgd.data._tf import tf
 from lmsgd.data.info import DatasetInfo, steps_per_epoch
+from lmsgd.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ class _GapTracker:
     def _missing(self, epoch: int, pos: int) -> None:
         what = self.describe(epoch, pos)
         if not self.skip:
-            raise ValueError(
+            raise DataError(
                 f"unreadable or corrupt image: {what}. Remove or replace the file, or set "
                 "config.data.skip_corrupt=True to skip such files (they are counted)"
             )
@@ -352,6 +353,7 @@ def train_batches(
     start_step: int = 0,
     process_index: int | None = None,
     process_count: int | None = None,
+    source: sources.Source | None = None,
 ) -> BatchIterator:
     """Training batches forever, epoch after epoch, starting at (start_epoch, start_step).
 
@@ -366,6 +368,8 @@ def train_batches(
         steps_per_epoch); yields exactly the batches an uninterrupted run yields from there.
       process_index, process_count: default to jax.process_index()/process_count();
         inject them (with sharding=None) to test slicing in one process.
+      source: the dataset's :class:`Source` when the caller built it already (a run builds
+        it once); None builds it from ``cfg``.
 
     Returns:
       A :class:`BatchIterator` of {'image': [G, S, S, 3] float32|bfloat16 normalized,
@@ -376,7 +380,7 @@ def train_batches(
     cfg = config.resolve(cfg)
     p, n_proc = shard_lib.resolve_process(process_index, process_count)
     b = shard_lib.local_batch_size(global_batch_size, n_proc)
-    src = sources.make_source(cfg)
+    src = source or sources.make_source(cfg)
     steps = steps_per_epoch(src.info, global_batch_size)
     if start_epoch < 0 or not 0 <= start_step < steps:
         raise ValueError(
@@ -408,6 +412,7 @@ def eval_batches(
     sharding: jax.sharding.Sharding | None,
     process_index: int | None = None,
     process_count: int | None = None,
+    source: sources.Source | None = None,
 ) -> BatchIterator:
     """The evaluation split exactly once, in ``ceil(N / G)`` batches on every process.
 
@@ -419,7 +424,7 @@ def eval_batches(
     cfg = config.resolve(cfg)
     p, n_proc = shard_lib.resolve_process(process_index, process_count)
     b = shard_lib.local_batch_size(global_batch_size, n_proc)
-    src = sources.make_source(cfg)
+    src = source or sources.make_source(cfg)
     info: DatasetInfo = src.info
     if cfg.name == "synthetic":
         batch = synthetic.make_batch(info, global_batch_size, 1, cfg.dtype, sharding)

@@ -7,7 +7,13 @@ from lmsgd.models.normalization import (
     moments,
     pool_statistics,
 )
-from lmsgd.models.registry import ARCHITECTURES, create_model, model_names
+from lmsgd.models.registry import (
+    ARCHITECTURES,
+    create_model,
+    model_from_config,
+    model_names,
+    norm_from_config,
+)
 from lmsgd.models.resnet import BasicBlock, BottleneckBlock, ResNet
 from lmsgd.models.summary import ModelSummary, count_params, summarize
 
@@ -22,7 +28,9 @@ __all__ = [
     "count_params",
     "create_model",
     "group_mean",
+    "model_from_config",
     "model_names",
+    "norm_from_config",
     "moments",
     "pool_statistics",
     "summarize",

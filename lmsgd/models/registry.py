@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import flax.linen as nn
 import jax.numpy as jnp
 
+from lmsgd.models.normalization import BatchStatsNorm
 from lmsgd.models.resnet import BasicBlock, BottleneckBlock, ResNet
 
 # name -> (stage sizes, block, stem, first-stage width)
@@ -38,14 +41,9 @@ def create_model(
     dtype: str = "float32",
     width_multiplier: float = 1.0,
     zero_init_residual: bool = True,
-    norm_mode: str = "batch_stats",
-    bn_axis_name: str | tuple[str, ...] | None = None,
-    bn_group_size: int = 1,
-    bn_virtual_batch_size: int = 0,
-    bn_momentum: float = 0.9,
-    bn_epsilon: float = 1e-5,
+    norm: Callable[..., nn.Module] = BatchStatsNorm,
 ) -> ResNet:
-    """Builds a named ResNet; see `ResNet` for the meaning of each argument."""
+    """Builds a named ResNet; `norm` is the normalization factory (see `ResNet`)."""
     if name not in ARCHITECTURES:
         raise ValueError(f"Unknown model {name!r}; allowed: {', '.join(ARCHITECTURES)}")
     if dtype not in DTYPES:
@@ -60,17 +58,30 @@ def create_model(
         stem=stem,
         dtype=DTYPES[dtype],
         zero_init_residual=zero_init_residual,
-        norm_mode=norm_mode,
-        bn_axis_name=bn_axis_name,
-        bn_group_size=bn_group_size,
-        bn_virtual_batch_size=bn_virtual_batch_size,
-        bn_momentum=bn_momentum,
-        bn_epsilon=bn_epsilon,
+        norm=norm,
     )
 
 
-ResNet18 = functools.partial(create_model, "resnet18")
-ResNet34 = functools.partial(create_model, "resnet34")
-ResNet50 = functools.partial(create_model, "resnet50")
-ResNet101 = functools.partial(create_model, "resnet101")
-ResNet152 = functools.partial(create_model, "resnet152")
+def norm_from_config(model_cfg: Mapping[str, Any]) -> Callable[..., nn.Module]:
+    """The `BatchStatsNorm` factory a `config.model` section describes."""
+    return functools.partial(
+        BatchStatsNorm,
+        mode=model_cfg["norm_mode"],
+        group_size=model_cfg["bn_group_size"],
+        virtual_batch_size=model_cfg["bn_virtual_batch_size"],
+        momentum=model_cfg["bn_momentum"],
+        epsilon=model_cfg["bn_epsilon"],
+    )
+
+
+def model_from_config(model_cfg: Mapping[str, Any], num_classes: int) -> ResNet:
+    """The model a `config.model` section describes; `num_classes` from the dataset unless
+    the section sets it."""
+    return create_model(
+        model_cfg["name"],
+        num_classes=model_cfg["num_classes"] or num_classes,
+        dtype=model_cfg["dtype"],
+        width_multiplier=model_cfg["width_multiplier"],
+        zero_init_residual=model_cfg["zero_init_residual"],
+        norm=norm_from_config(model_cfg),
+    )

@@ -10,14 +10,14 @@ ablation are chosen by the caller, not baked into the model.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lmsgd.models.normalization import AxisName, BatchStatsNorm
+from lmsgd.models.normalization import BatchStatsNorm
 
 # He et al.'s fan-out initialization, as in torchvision and Goyal et al.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -81,8 +81,10 @@ class ResNet(nn.Module):
       stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool) or "cifar" (3x3/1 conv).
       dtype: compute dtype (float32 or bfloat16); parameters stay `param_dtype`.
       zero_init_residual: zero-initialise the scale of each branch's last normalization.
-      norm_mode / bn_axis_name / bn_group_size / bn_virtual_batch_size / bn_momentum /
-        bn_epsilon: see `BatchStatsNorm`.
+      norm: normalization factory, e.g. `functools.partial(BatchStatsNorm, mode=...,
+        virtual_batch_size=...)` (as Flax's ImageNet example passes `norm`); the model adds
+        `dtype`, `param_dtype` and the residual branches' `scale_init`. The train step binds
+        its `axis_name` to the mesh.
     """
 
     stage_sizes: Sequence[int]
@@ -94,12 +96,7 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     zero_init_residual: bool = True
-    norm_mode: str = "batch_stats"
-    bn_axis_name: AxisName = None
-    bn_group_size: int = 1
-    bn_virtual_batch_size: int = 0
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
+    norm: Callable[..., nn.Module] = BatchStatsNorm
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -114,17 +111,7 @@ class ResNet(nn.Module):
             kernel_init=conv_init,
             padding="SAME",
         )
-        norm = functools.partial(
-            BatchStatsNorm,
-            mode=self.norm_mode,
-            axis_name=self.bn_axis_name,
-            group_size=self.bn_group_size,
-            virtual_batch_size=self.bn_virtual_batch_size,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
+        norm = functools.partial(self.norm, dtype=self.dtype, param_dtype=self.param_dtype)
         last_scale_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
         last_norm = functools.partial(norm, scale_init=last_scale_init)
 

@@ -12,8 +12,10 @@ from typing import Any
 import ml_collections
 
 from lmsgd.schema import Key as _Key
+from lmsgd.schema import Section
 from lmsgd.schema import is_number as _is_number
 from lmsgd.schema import nonneg as _nonneg
+from lmsgd.schema import one_of as _one_of
 from lmsgd.schema import positive as _positive
 
 OPTIMIZER_NAMES = ("rmsprop_warmup", "momentum", "nesterov", "lars", "lamb")
@@ -43,14 +45,14 @@ _KEYS: dict[str, _Key] = {
         "rmsprop_warmup",
         "Optimizer: 'rmsprop_warmup' (the paper), 'momentum' / 'nesterov' (SGD, Goyal et al.), "
         "'lars' (optax.lars), 'lamb' (optax.lamb).",
-        lambda x: x in OPTIMIZER_NAMES,
+        _one_of(*OPTIMIZER_NAMES),
         f"one of {OPTIMIZER_NAMES}",
     ),
     "schedule": _Key(
         "slow_start",
         "Learning-rate schedule, independent of `name`: 'slow_start' (the paper), 'goyal' "
         "(warm-up, x0.1 steps), 'polynomial' (LARS/MLPerf), 'cosine', 'constant'.",
-        lambda x: x in SCHEDULE_NAMES,
+        _one_of(*SCHEDULE_NAMES),
         f"one of {SCHEDULE_NAMES}",
     ),
     # --- learning rate ---------------------------------------------------------------------
@@ -60,6 +62,8 @@ _KEYS: dict[str, _Key] = {
         "lr_per_256 * global_batch / 256 (12.8 at 32,768).",
         lambda x: x is None or _positive(x),
         "None or a positive number",
+        float,
+        0.05,
     ),
     "lr_per_256": _Key(
         0.1,
@@ -172,7 +176,7 @@ _KEYS: dict[str, _Key] = {
     "delta_dtype": _Key(
         "float32",
         "dtype of rmsprop_warmup's Delta buffer ('bfloat16' halves its memory).",
-        lambda x: x in DELTA_DTYPES,
+        _one_of(*DELTA_DTYPES),
         f"one of {DELTA_DTYPES}",
     ),
     # --- LARS / LAMB -----------------------------------------------------------------------
@@ -200,6 +204,19 @@ _KEYS: dict[str, _Key] = {
     "lamb_eps": _Key(1e-6, "LAMB epsilon.", _positive, "a positive number"),
 }
 
+
+def _slow_start_factor_count(cfg: Mapping[str, Any]) -> str | None:
+    n_bounds, n_factors = len(cfg["slow_start_boundaries"]), len(cfg["slow_start_factors"])
+    if n_factors != n_bounds + 1:
+        return (
+            f"config.optimizer.slow_start_factors has {n_factors} entries but "
+            f"config.optimizer.slow_start_boundaries has {n_bounds}; expected {n_bounds + 1} "
+            "factors"
+        )
+    return None
+
+
+OPTIMIZER = Section("optimizer", _KEYS, rules=(_slow_start_factor_count,))
 OPTIMIZER_CONFIG_DOCS: dict[str, str] = {key: spec.doc for key, spec in _KEYS.items()}
 
 
@@ -208,33 +225,11 @@ def default_optimizer_config() -> ml_collections.ConfigDict:
 
     See ``OPTIMIZER_CONFIG_DOCS`` for what each key means.
     """
-    return ml_collections.ConfigDict({key: spec.default for key, spec in _KEYS.items()})
+    return OPTIMIZER.defaults()
 
 
 def validate_optimizer_config(cfg: Mapping[str, Any] | ml_collections.ConfigDict) -> None:
-    """Raises ``ValueError`` naming the offending key, its value and what is allowed.
-
-    Checks: no unknown or missing keys, every value in range, and that the slow-start
-    schedule has exactly one more factor than boundaries.
-    """
-    keys = set(cfg.keys())
-    unknown = sorted(keys - set(_KEYS))
-    if unknown:
-        raise ValueError(
-            f"unknown optimizer config key(s) {unknown}; allowed keys: {sorted(_KEYS)}"
-        )
-    missing = sorted(set(_KEYS) - keys)
-    if missing:
-        raise ValueError(
-            f"missing optimizer config key(s) {missing}; start from default_optimizer_config()"
-        )
-    for key, spec in _KEYS.items():
-        value = cfg[key]
-        if not spec.check(value):
-            raise ValueError(f"optimizer.{key}={value!r} is invalid; expected {spec.allowed}")
-    n_bounds, n_factors = len(cfg["slow_start_boundaries"]), len(cfg["slow_start_factors"])
-    if n_factors != n_bounds + 1:
-        raise ValueError(
-            f"optimizer.slow_start_factors has {n_factors} entries but "
-            f"optimizer.slow_start_boundaries has {n_bounds}; expected {n_bounds + 1} factors"
-        )
+    """Raises ``ConfigError`` (a ValueError) naming the offending key, its value and what is
+    allowed: no unknown or missing keys, every value in range, one more slow-start factor than
+    boundaries."""
+    OPTIMIZER.validate(cfg)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import ml_collections
 
 PAPER_EPOCHS = 90.0
@@ -21,7 +23,9 @@ def scale_epochs(
     13.3 / 23.3 / 28.3.
     """
     factor = float(num_epochs) / float(reference_epochs)
-    out = ml_collections.ConfigDict(optimizer.to_dict())
+    # A deep copy keeps typed placeholders (e.g. base_learning_rate=None, settable from the
+    # command line); rebuilding from to_dict() would turn them into untyped None.
+    out = copy.deepcopy(optimizer)
     for key in EPOCH_KEYS:
         out[key] = float(optimizer[key]) * factor
     for key in EPOCH_SEQUENCE_KEYS:

@@ -1,0 +1,186 @@
+"""The command line shared by `lmsgd.train` and `lmsgd.evaluate`.
+
+`--config FILE[:ARG]` (an ml_collections config file) with `--config.key=value` overrides and
+`--workdir DIR`. A user error (a bad key or value, a missing file or dataset, a locked or
+incompatible workdir, a diverged run, a full disk) prints one `error:` line naming the value
+and what is allowed and exits non-zero, without a traceback; `--verbose` or `LMSGD_DEBUG=1`
+shows it. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ml_collections
+
+from lmsgd import schema
+from lmsgd.errors import ConfigError, UserError
+
+log = logging.getLogger("lmsgd")
+
+EXIT_USAGE = 2  # the command line or the config is wrong
+EXIT_FAILED = 1  # the run could not go on (data, workdir, divergence, disk)
+
+
+def _debug(argv: Sequence[str]) -> bool:
+    return "--verbose" in argv or os.environ.get("LMSGD_DEBUG", "") not in ("", "0")
+
+
+def _config_source(argv: Sequence[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _load(spec: str) -> ml_collections.ConfigDict:
+    """Loads `file.py[:arg]` as the flag does, with a one-line error for a bad file."""
+    from lmsgd.config import load_config_file
+
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} not found (give --config configs/<name>.py)")
+    try:
+        return load_config_file(path, arg=arg or None)
+    except Exception as e:  # the user's file: any error in it is theirs
+        where = ""
+        tb = e.__traceback__
+        while tb is not None:
+            if os.path.abspath(tb.tb_frame.f_code.co_filename) == os.path.abspath(path):
+                where = f" line {tb.tb_lineno}"
+            tb = tb.tb_next
+        if isinstance(e, SyntaxError):
+            where = f" line {e.lineno}"
+        raise ConfigError(
+            f"config file {path!r} failed to load ({type(e).__name__}{where}: {e})"
+        ) from e
+
+
+def _explain_override(
+    config: ml_collections.ConfigDict, argv: Sequence[str], err: Exception
+) -> str:
+    """Names the override that failed: unknown keys with the closest valid names."""
+    for a in argv:
+        if not a.startswith("--config."):
+            continue
+        path, _, value = a[len("--config.") :].partition("=")
+        node: Any = config
+        for depth, part in enumerate(path.split(".")):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+                where = ".".join(path.split(".")[:depth])
+                near = schema.closest(part, keys)
+                hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+                return (
+                    f"unknown config key config.{path}{hint} (keys of "
+                    f"config{'.' + where if where else ''}: {', '.join(sorted(keys))})"
+                )
+            node = node[part]
+    text = str(err).split("\n")[0]
+    return f"bad command-line override: {text}"
+
+
+def parse(
+    argv: Sequence[str], define_extra: Callable[[Any], None] | None = None
+) -> tuple[ml_collections.ConfigDict, Any]:
+    """Parses `--config`, its overrides, `--workdir` and extra flags into (config, flags).
+
+    Raises ConfigError for every mistake on the command line.
+    """
+    from absl import flags
+    from ml_collections import config_flags
+
+    from lmsgd.config import validate_config
+
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, "Config file; override keys with --config.key=value", flag_values=fv,
+        lock_config=True,
+    )  # fmt: skip
+    flags.DEFINE_string("workdir", None, "Run directory (or gs:// bucket).", flag_values=fv)
+    flags.DEFINE_bool("verbose", False, "Show tracebacks of user errors.", flag_values=fv)
+    if define_extra:
+        define_extra(fv)
+    spec = _config_source(argv[1:])
+    if spec is None:
+        raise ConfigError("--config is required (e.g. --config configs/default.py)")
+    config = _load(spec)  # a bad file fails here, with its line
+    try:
+        rest = fv(list(argv))
+    except Exception as e:
+        raise ConfigError(_explain_override(config, argv[1:], e)) from e
+    if len(rest) > 1:
+        raise ConfigError(f"unexpected arguments {rest[1:]}; flags are --name=value")
+    if not fv.workdir:
+        raise ConfigError("--workdir is required (the run's directory)")
+    validate_config(fv.config)
+    return fv.config, fv
+
+
+def _orbax_filter(record: logging.LogRecord) -> bool:
+    if "orbax" not in record.pathname:
+        return True
+    if record.levelno >= logging.ERROR and not _debug(sys.argv):
+        # Its background threads log the error we report in one line with a traceback each.
+        record.exc_info, record.exc_text = None, None
+    return record.levelno >= logging.WARNING
+
+
+def _setup_logging() -> None:
+    """lmsgd's and clu's (absl) INFO lines on stderr, one format; orbax only from WARNING
+    (it logs every save step by step at INFO)."""
+    from absl import logging as absl_logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler.addFilter(_orbax_filter)
+    for name in ("lmsgd", "absl"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+    absl_logging.set_verbosity(absl_logging.INFO)
+
+
+def run_command(
+    prog: str,
+    argv: Sequence[str] | None,
+    fn: Callable[[ml_collections.ConfigDict, Any], dict[str, Any]],
+    define_extra: Callable[[Any], None] | None = None,
+) -> int:
+    """Parses the command line, runs `fn(config, flags)`, prints its result as JSON.
+
+    Returns the exit code: 0, EXIT_USAGE for config/command-line errors, EXIT_FAILED for
+    other user errors (data, workdir, divergence, full disk).
+    """
+    from lmsgd.workdir import as_disk_full
+
+    argv = list(sys.argv if argv is None else argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _setup_logging()
+    debug = _debug(argv)
+    workdir = None
+    try:
+        config, flags = parse(argv, define_extra)
+        workdir = flags.workdir
+        result = fn(config, flags)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(e, ConfigError) else EXIT_FAILED
+    except Exception as e:
+        full = as_disk_full(e, workdir or ".")
+        if full is None or debug:
+            raise
+        print(f"{prog}: error: {full}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=1))
+    return 0
