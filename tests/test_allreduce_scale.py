@@ -8,7 +8,8 @@ inputs. (The test session itself has 8 devices, fixed in conftest.py before JAX 
     python tests/test_allreduce_scale.py --dtypes float16,bfloat16 [--impl FILE.py]
 
 prints one JSON line per algorithm x dtype with the relative error of each distribution;
-`--impl` loads another `allreduce.py` (e.g. the previous one from git) to compare.
+`--impl` loads another `allreduce.py` (e.g. the previous one from git) to compare, and
+`--emulate` prints the numpy running-sum (ring) model's figures instead (docs/scaling_out.md).
 """
 
 from __future__ import annotations
@@ -124,6 +125,46 @@ def run_worker(*args: str, timeout: float = 600) -> list[dict]:
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
+def emulate_running_sum(
+    grads: np.ndarray, dtype: str, algorithm: str, exponent: float, hosts: int = HOSTS
+) -> np.ndarray:
+    """numpy model of a 16-bit all-reduce that rounds after every addition, in device order.
+
+    That is a ring (NCCL's reduce-scatter: each hop adds one device's term to a partial sum
+    carried in the wire dtype) and, as the float16 test below checks, exactly what XLA:CPU
+    does. Same scaling rule as `allreduce_mean`. `grads`: float32 `[devices, E]`; returns the
+    float32 mean `[E]`. Used to estimate bfloat16 on GPUs (XLA:CPU sums bfloat16 in float32).
+    """
+    import ml_dtypes
+
+    from lmsgd.parallel.allreduce import wire_divisor
+
+    wire = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}[dtype]
+
+    def cast(x, factor):  # x * factor in float32, rounded to the wire dtype
+        return (x.astype(np.float32) * np.float32(factor)).astype(wire)
+
+    def running_sum(terms):
+        acc = terms[0]
+        for t in terms[1:]:
+            acc = (acc.astype(np.float32) + t.astype(np.float32)).astype(wire)
+        return acc
+
+    n = len(grads)
+    if algorithm == "flat":
+        d = wire_divisor(n, exponent)
+        total = running_sum([cast(g, 1 / d) for g in grads])
+    else:
+        local = n // hosts
+        d_local, d = wire_divisor(local, exponent), wire_divisor(n, exponent)
+        partial = [
+            running_sum([cast(g, 1 / d_local) for g in grads[h * local : (h + 1) * local]])
+            for h in range(hosts)
+        ]
+        total = running_sum([cast(p, d_local / d) for p in partial])
+    return total.astype(np.float32) * np.float32(d / n)
+
+
 @pytest.fixture(scope="module")
 def float16_rows() -> list[dict]:
     return run_worker("--dtypes", "float16")
@@ -150,6 +191,17 @@ def test_float16_mean_of_coherent_gradients_finite_and_close(float16_rows):
         for name in COHERENT:
             assert row["finite"][name], (row["algorithm"], name)
             assert row["errors"][name] <= bound, (row["algorithm"], name, row["errors"])
+
+
+def test_numpy_running_sum_model_reproduces_xla_float16(float16_rows):
+    """The model behind the docs' GPU (NCCL ring) estimates reproduces XLA:CPU's float16."""
+    from lmsgd.parallel.allreduce import DEFAULT_PREDIVIDE_EXPONENT
+
+    grads = gradients()
+    for row in float16_rows:
+        for name, g in grads.items():
+            got = emulate_running_sum(g, "float16", row["algorithm"], DEFAULT_PREDIVIDE_EXPONENT)
+            np.testing.assert_allclose(relative_error(got, g), row["errors"][name], rtol=1e-6)
 
 
 def test_float16_travels_as_float16(float16_rows):
@@ -247,7 +299,27 @@ def main() -> None:
     parser.add_argument("--algorithms", default="flat,hierarchical,two_dimensional")
     parser.add_argument("--impl", default=None, help="another allreduce.py to load")
     parser.add_argument("--predivide_exponent", type=float, default=None)
+    parser.add_argument(
+        "--emulate", action="store_true", help="numpy running-sum model instead of XLA"
+    )
     args = parser.parse_args()
+    if args.emulate:  # no JAX devices needed: the per-hop-rounding (ring) estimate
+        from lmsgd.parallel.allreduce import DEFAULT_PREDIVIDE_EXPONENT
+
+        e = (
+            DEFAULT_PREDIVIDE_EXPONENT
+            if args.predivide_exponent is None
+            else args.predivide_exponent
+        )
+        grads = gradients()
+        for algorithm in args.algorithms.split(","):
+            for dtype in args.dtypes.split(","):
+                errors = {
+                    k: relative_error(emulate_running_sum(g, dtype, algorithm, e), g)
+                    for k, g in grads.items()
+                }
+                print(json.dumps({"algorithm": algorithm, "dtype": dtype, "emulated": errors}))
+        return
     kwargs = {}
     if args.predivide_exponent is not None:
         kwargs["predivide_exponent"] = args.predivide_exponent
