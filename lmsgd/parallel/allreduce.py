@@ -7,14 +7,17 @@ inserts no reduction of its own. They return the global mean, float32 and invari
 Scaling of 16-bit sums (float16, bfloat16). A float16 sum over N devices has two failure
 modes: dividing each gradient by N before the cast pushes small components into float16's
 subnormals (below 6.1e-5; at N = 1,024, 17% error of the mean at gradient std 1e-4), and
-summing without dividing overflows 65,504 when the gradients agree (N x 64 already does). So
-every collective level that sums k contributions first divides by `k ** predivide_exponent`
-(rounded to a power of two, so the division itself is exact), the partial sum is rescaled
-in float32 between the levels of a two-level algorithm, and the remaining factor is applied
-in float32 after the last collective. The default exponent 0.5 spends half of float16's
-dynamic range on each side: at N = 1,024 the wire carries sum / 32, so coherent gradients up
-to ~2,000 do not overflow and i.i.d. gradients of std 1e-4 lose < 1% (docs/scaling_out.md
-has the measured table). float32 is unaffected: it divides by N before the sum, as always.
+summing without dividing overflows 65,504 when the gradients agree (N x 64 already does). The
+rule: after a collective level that has summed n of the N gradients, the wire carries that
+partial sum divided by `wire_divisor(n, e)` = `n ** e` rounded to a power of two (so scaling
+is exact), e = `predivide_exponent`. Flat: `x / d(N)` is cast and summed. Two levels on a
+(hosts, local) mesh: `x / d(local)` is cast and summed inside the host, the partial sum is
+rescaled by `d(local) / d(N)` in float32 and cast back, then summed across hosts. The
+remaining `d(N) / N` is applied in float32 after the last collective. The default e = 0.5
+spends half of float16's dynamic range on each side: at N = 1,024 the wire carries sum / 32,
+so coherent gradients up to ~2,000 do not overflow and i.i.d. gradients of std 1e-4 lose < 1%
+(docs/scaling_out.md has the measured table). float32 is unaffected: it divides by N before
+the sum, as always.
 """
 
 from __future__ import annotations
@@ -137,16 +140,16 @@ def allreduce_mean(
         tensor. Off by default: XLA's all-reduce combiner merges per-tensor collectives
         without the concatenation and split copies (ResNet-50 step on 8 CPU devices: 1.10x
         faster, 17% less memory than fused; docs/performance.md).
-      predivide_exponent: for 16-bit `dtype` only, in [0, 1]. Each collective level that
-        sums k contributions (flat: k = N; hierarchical and two_dimensional: k = local
-        devices, then k = hosts) first divides by `2 ** round(e * log2(k))` (~ k ** e), in
-        float32 before the cast (between levels: the partial sum is cast to float32,
-        divided and cast back); after the last level the float32 result is multiplied by
-        (product of the factors) / N. Then the wire carries partial sums / N ** e: e = 1 is
-        a mean before the sum (underflows at large N), e = 0 sums first (ChainerMN, Horovod's
-        default; overflows for large coherent gradients), the default 0.5 is the geometric
-        middle (at N = 1,024, max |gradient| ~ 2,000 and smallest normal ~ 2e-3 on the wire
-        scale). Like Horovod's `gradient_predivide_factor`, but per level.
+      predivide_exponent: e in [0, 1], for 16-bit `dtype` only. After a collective level
+        that has summed n gradients (flat: n = N; hierarchical / two_dimensional: n = local
+        devices, then n = N) the wire carries that partial sum / `2 ** round(e * log2(n))`
+        (~ n ** e): each gradient is divided in float32 before the cast, the partial sum
+        between two levels is cast to float32, rescaled and cast back, and the float32 result
+        is multiplied by the remaining d(N) / N after the last level. e = 1 is a mean before
+        the sum (for flat, the previous behaviour; underflows at large N), e = 0 sums first
+        (ChainerMN, Horovod's default; overflows for large coherent gradients); the default
+        0.5 is the middle (N = 1,024: no overflow below ~2,000 per component). Like
+        Horovod's `gradient_predivide_factor` = d(N), but per level.
     Returns:
       Pytree like `grads`, float32, identical on every device.
     """
