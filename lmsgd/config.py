@@ -167,6 +167,14 @@ ALLREDUCE: dict[str, s.Key] = {
         s.is_bool,
         "True or False",
     ),
+    "predivide_exponent": s.Key(
+        0.5,
+        "float16/bfloat16 only: each level's partial sum of n gradients travels divided by "
+        "n ** this (rounded to a power of two); the rest of 1/N is applied in float32 after "
+        "the sum. 1 = mean before the sum (underflows at large N), 0 = sum first (overflows).",
+        lambda x: s.is_number(x) and 0 <= x <= 1,
+        "a number in [0, 1]",
+    ),
     "mesh_shape": s.Key(
         None,
         "None: 1-D mesh for 'flat', (processes, local devices) otherwise; or an explicit "

@@ -125,6 +125,7 @@ def make_train_step(
     allreduce_algorithm: str = "flat",
     allreduce_dtype: str = "float32",
     allreduce_fuse: bool = False,
+    allreduce_predivide_exponent: float = 0.5,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Builds the jitted, sharded train step `(state, batch) -> (state, metrics)`.
 
@@ -165,6 +166,7 @@ def make_train_step(
             algorithm=allreduce_algorithm,
             dtype=allreduce_dtype,
             fuse=allreduce_fuse,
+            predivide_exponent=allreduce_predivide_exponent,
         )
         updates_tx, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates_tx)
