@@ -94,6 +94,19 @@ def parse(
 
     Raises ConfigError for every mistake on the command line.
     """
+
+    # config_flags finds the override flags (--config.a.b=...) in sys.argv when the config
+    # flag is defined: define and parse with `argv` in sys.argv.
+    saved_argv, sys.argv = sys.argv, list(argv)
+    try:
+        return _parse(argv, define_extra)
+    finally:
+        sys.argv = saved_argv
+
+
+def _parse(
+    argv: Sequence[str], define_extra: Callable[[Any], None] | None
+) -> tuple[ml_collections.ConfigDict, Any]:
     from absl import flags
     from ml_collections import config_flags
 

@@ -268,6 +268,8 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     Command-line strings 'True'/'False' of keys that take a bool or 'auto' are converted
     first (ml_collections parses an override by the type of the current value).
     """
+    if isinstance(cfg, ml_collections.ConfigDict):
+        TOP.normalize(cfg)
     TOP.validate(cfg, nested=tuple(SECTIONS))
     missing = [name for name in SECTIONS if name not in cfg]
     if missing:

@@ -86,6 +86,7 @@ class Run:
             allreduce_algorithm=ar.algorithm,
             allreduce_dtype=ar.dtype,
             allreduce_fuse=ar.fuse,
+            allreduce_predivide_exponent=ar.predivide_exponent,
         )
 
     def eval_step(self):

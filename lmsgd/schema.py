@@ -121,7 +121,8 @@ class Section:
             if key in cfg and isinstance(cfg[key], str) and spec.check(True):
                 value = _bool_from_string(cfg[key])
                 if value is not cfg[key]:
-                    cfg[key] = value
+                    with cfg.ignore_type():
+                        cfg[key] = value
 
     def validate(self, cfg: Mapping[str, Any], *, nested: Sequence[str] = ()) -> None:
         """Raises ConfigError naming the first bad key, its value and what is allowed."""

@@ -1,7 +1,7 @@
 """Gradient all-reduce: time, algorithm and bus bandwidth per dtype, algorithm and fusion.
 
-Times ``lmsgd.parallel.allreduce_mean`` (scale by 1/N, cast to the wire dtype, all-reduce,
-cast back to float32; exactly what the train step runs) inside ``shard_map`` on float32
+Times ``lmsgd.parallel.allreduce_mean`` (pre-scale, cast to the wire dtype, all-reduce,
+rescale in float32; exactly what the train step runs) inside ``shard_map`` on float32
 per-device gradients:
 
 * gradient-sized: a model's parameter shapes (ResNet-50: 25,557,032 float32 values in 161
@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "gradient_elements": int(sum(_prod(v) for v in shapes.values())),
         "gradient_tensors": len(shapes),
         "quick": bool(args.quick),
-        "notes": "time includes allreduce_mean's scale-by-1/N, cast to the wire dtype and back "
+        "notes": "time includes allreduce_mean's pre-scaling, cast to the wire dtype and back "
         "and, fused, the concatenation into one buffer; bytes are result sizes per device of "
         "all-reduce/reduce-scatter/all-gather, summed over the program",
     }
