@@ -108,8 +108,10 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, extra, named):
 
 def test_missing_and_broken_config_files_are_named(tmp_path):
     broken = tmp_path / "broken.py"
-    broken.write_text("from lmsgd.config import base_config\ndef get_config():\n    c = base_config()\n"
-                      "    c.model.nmae = 'x'\n    return c\n")  # fmt: skip
+    broken.write_text(
+        "from lmsgd.config import base_config\ndef get_config():\n    c = base_config()\n"
+        "    c.model.nmae = 'x'\n    return c\n"
+    )
     for spec, named in [(str(tmp_path / "nope.py"), "nope.py' not found"),
                         (str(broken), "broken.py' failed to load")]:  # fmt: skip
         out = subprocess.run(
