@@ -32,18 +32,20 @@
 # ## Setup
 #
 # Inside a checkout (the repository's `notebooks/` folder, with `pip install -e .` done) this
-# cell does nothing. Elsewhere, e.g. on Colab, it clones the repository (the configs live
-# there, not in the package) and installs it; set `LMSGD_GIT_URL` to your copy first.
+# cell does nothing. Elsewhere, e.g. on Colab, upload a copy of the repository made with
+# `git archive -o lmsgd.zip HEAD` (or `.tar.gz`) next to the notebook, or set the environment
+# variable `LMSGD_GIT_URL` to a git URL of your copy; the cell unpacks (or clones) it into
+# `lmsgd_repo/` and installs the package from there (the configs live in the repository, not
+# in the package).
 
 # %%
 import importlib.util
 import os
 import pathlib
+import shutil
 import subprocess
 
 from IPython import get_ipython
-
-LMSGD_GIT_URL = "https://github.com/OWNER/lmsgd"  # where your copy of the repository lives
 
 
 def find_repo_root() -> pathlib.Path | None:
@@ -55,10 +57,29 @@ def find_repo_root() -> pathlib.Path | None:
     return None
 
 
-REPO_ROOT = find_repo_root()
-if REPO_ROOT is None:  # e.g. Colab: fetch the repository for its configs/
-    REPO_ROOT = pathlib.Path("lmsgd_repo").resolve()
-    subprocess.run(["git", "clone", "--depth", "1", LMSGD_GIT_URL, str(REPO_ROOT)], check=True)
+def fetch_repo(target: pathlib.Path) -> pathlib.Path:
+    """Unpacks an uploaded lmsgd*.zip / lmsgd*.tar.gz, or clones $LMSGD_GIT_URL."""
+    archives = sorted(pathlib.Path.cwd().glob("lmsgd*.zip")) + sorted(
+        pathlib.Path.cwd().glob("lmsgd*.tar.gz")
+    )
+    if archives:
+        shutil.unpack_archive(str(archives[0]), str(target))
+    elif os.environ.get("LMSGD_GIT_URL"):
+        subprocess.run(
+            ["git", "clone", "--depth", "1", os.environ["LMSGD_GIT_URL"], str(target)], check=True
+        )
+    else:
+        raise FileNotFoundError(
+            "no lmsgd checkout here: upload `git archive -o lmsgd.zip HEAD` of your copy next to "
+            "this notebook, or set LMSGD_GIT_URL to its git URL, then rerun this cell"
+        )
+    root = find_repo_root()
+    if root is None:
+        raise FileNotFoundError(f"{target} does not hold configs/default.py and lmsgd/")
+    return root
+
+
+REPO_ROOT = find_repo_root() or fetch_repo(pathlib.Path("lmsgd_repo").resolve())
 if importlib.util.find_spec("lmsgd") is None:  # not installed: install it from the checkout
     get_ipython().run_line_magic("pip", f'install -q "{REPO_ROOT}"')
 print("repository:", REPO_ROOT)
@@ -94,6 +115,7 @@ import lmsgd.evaluate  # noqa: E402
 import lmsgd.models  # noqa: E402
 import lmsgd.optim  # noqa: E402
 import lmsgd.parallel  # noqa: E402
+import lmsgd.run  # noqa: E402
 import lmsgd.step  # noqa: E402
 import lmsgd.train  # noqa: E402
 
@@ -280,7 +302,7 @@ print({k: v for k, v in bs_summary.items() if not isinstance(v, dict)})
 # The first two epochs are almost pure RMSprop (`alpha_sgd` starts at ~0.01, so the SGD
 # learning rate hardly matters yet); the hand-over is complete by epoch 2.8 and the
 # learning-rate drops late in the run polish the result. Expect about 94-96% validation top-1
-# after these 20 epochs (the README reports 96.9-98.3% over three seeds for the full 40);
+# after these 20 epochs (the README reports 97.2-98.1% over three seeds for the full 40);
 # `summary.json` and `metrics.jsonl` in the workdir hold everything plotted here.
 
 # %% [markdown]
@@ -358,33 +380,37 @@ display(fig)
 # ## 4. The compiled step's collectives
 #
 # The train step is one `jax.jit` of a `shard_map`: forward, backward, the gradient all-reduce
-# (`lmsgd.parallel.allreduce_mean`: scale by 1/N, cast to `allreduce.dtype`, reduce, use in
-# float32) and the optimizer update. XLA compiles the all-reduce into the step, so the compiled
+# (`lmsgd.parallel.allreduce_mean`: pre-scale, cast to `allreduce.dtype`, reduce, rescale and
+# use in float32) and the optimizer update. XLA compiles the all-reduce into the step, so the compiled
 # program's HLO is the ground truth for what goes over the wire.
 # `lmsgd.parallel.describe_collectives` parses it; `summarize_collectives` totals it per
 # operation and dtype (elements and bytes are those of each result, on one device). The mesh
 # here is 2 "hosts" x 4 local devices, the model a ResNet-8 at a quarter of the width.
 
 # %%
-mesh = lmsgd.parallel.create_mesh((2, 4))
-model = lmsgd.models.create_model("cifar_resnet8", num_classes=10, width_multiplier=0.25)
-tx, _ = lmsgd.optim.create_optimizer(
-    lmsgd.optim.default_optimizer_config(), global_batch_size=64, steps_per_epoch=10, num_epochs=1
-)
-key = jax.random.key(0)
+# One set-up object for everything a run needs (validated config, mesh, model, optimizer,
+# data source, sizes): the driver, the evaluator and the benchmarks start from it too.
+step_config = load_config("default.py")
+step_config.update_from_flattened_dict(
+    {"model.width_multiplier": 0.25, "global_batch_size": 64, "eval_batch_size": 64,
+     "allreduce.mesh_shape": (2, 4), "allreduce.algorithm": "hierarchical"}
+)  # fmt: skip
+run = lmsgd.run.build(step_config)
+print(run.plan)
 # Lowering needs only shapes, dtypes and shardings: eval_shape skips running the initializer.
-state = jax.eval_shape(lambda: lmsgd.step.create_train_state(model, tx, key, (16, 16, 3), mesh))
-sharding = lmsgd.parallel.batch_sharding(mesh)
+state = jax.eval_shape(run.init_state)
+sharding = lmsgd.parallel.batch_sharding(run.mesh)
+size = step_config.data.image_size
 batch = {
-    "image": jax.ShapeDtypeStruct((64, 16, 16, 3), jnp.float32, sharding=sharding),
+    "image": jax.ShapeDtypeStruct((64, size, size, 3), jnp.float32, sharding=sharding),
     "label": jax.ShapeDtypeStruct((64,), jnp.int32, sharding=sharding),
 }
-print(f"{lmsgd.models.count_params(state.params):,} parameters; mesh {dict(mesh.shape)}")
+print(f"{lmsgd.models.count_params(state.params):,} parameters; mesh {dict(run.mesh.shape)}")
 
 
 def lower_step(algorithm: str, dtype: str):
     step = lmsgd.step.make_train_step(
-        model, tx, mesh, allreduce_algorithm=algorithm, allreduce_dtype=dtype
+        run.model, run.tx, run.mesh, allreduce_algorithm=algorithm, allreduce_dtype=dtype
     )
     return step.lower(state, batch)
 
