@@ -381,8 +381,8 @@ display(fig)
 #
 # The train step is one `jax.jit` of a `shard_map`: forward, backward, the gradient all-reduce
 # (`lmsgd.parallel.allreduce_mean`: pre-scale, cast to `allreduce.dtype`, reduce, rescale and
-# use in float32) and the optimizer update. XLA compiles the all-reduce into the step, so the compiled
-# program's HLO is the ground truth for what goes over the wire.
+# use in float32) and the optimizer update. XLA compiles the all-reduce into the step, so the
+# compiled program's HLO is the ground truth for what goes over the wire.
 # `lmsgd.parallel.describe_collectives` parses it; `summarize_collectives` totals it per
 # operation and dtype (elements and bytes are those of each result, on one device). The mesh
 # here is 2 "hosts" x 4 local devices, the model a ResNet-8 at a quarter of the width.
