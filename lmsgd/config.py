@@ -42,6 +42,21 @@ TOP_LEVEL: dict[str, s.Key] = {
         s.positive_int,
         "a positive integer divisible by the number of devices",
     ),
+    "accumulation_steps": s.Key(
+        1,
+        "Gradient accumulation: each device runs its share of the global batch as this many "
+        "micro-batches (one at a time in memory), then one all-reduce and one update. BN "
+        "statistics are per micro-batch: N devices x K equals N*K devices exactly.",
+        s.positive_int,
+        "a positive integer dividing the per-device batch",
+    ),
+    "label_smoothing": s.Key(
+        0.0,
+        "Training loss against (1 - a) one-hot + a / classes (MLPerf's LARS recipe: 0.1; the "
+        "paper: 0). Evaluation loss is plain cross-entropy.",
+        lambda x: s.is_number(x) and 0 <= x < 1,
+        "a number in [0, 1)",
+    ),
     "eval_batch_size": s.Key(
         None,
         "Global evaluation batch; None: same as global_batch_size.",

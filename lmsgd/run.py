@@ -39,6 +39,8 @@ class RunPlan:
     Attributes:
       num_devices, num_processes: of the mesh / the job.
       per_device_batch: training examples per device per step (global batch / devices).
+      accumulation_steps: micro-batches per device per step (K).
+      micro_batch: examples per device per micro-batch (per_device_batch / K).
       steps_per_epoch: optimizer steps per epoch (the last partial batch is dropped).
       total_steps: optimizer steps of the whole run.
       eval_every_steps: evaluation interval in steps.
@@ -49,6 +51,8 @@ class RunPlan:
     num_devices: int
     num_processes: int
     per_device_batch: int
+    accumulation_steps: int
+    micro_batch: int
     steps_per_epoch: int
     total_steps: int
     eval_every_steps: int
@@ -87,6 +91,8 @@ class Run:
             allreduce_dtype=ar.dtype,
             allreduce_fuse=ar.fuse,
             allreduce_predivide_exponent=ar.predivide_exponent,
+            accumulation_steps=self.config.accumulation_steps,
+            label_smoothing=self.config.label_smoothing,
         )
 
     def eval_step(self):
@@ -167,11 +173,23 @@ def plan_run(config: Mapping[str, Any], info: data_lib.DatasetInfo, num_devices:
         raise ConfigError(
             f"config.model.bn_group_size={group} must divide the {n} devices (or be 0 = all)"
         )
-    per_device = g // n
-    if virtual and per_device % virtual:
+    per_device, k = g // n, config["accumulation_steps"]
+    if per_device % k:
         raise ConfigError(
-            f"config.model.bn_virtual_batch_size={virtual} must divide the per-device batch of "
-            f"{per_device} (= global_batch_size {g} / {n} devices)"
+            f"config.accumulation_steps={k} must divide the per-device batch of {per_device} "
+            f"(= global_batch_size {g} / {n} devices)"
+        )
+    micro = per_device // k
+    if k > 1 and group != 1:
+        raise ConfigError(
+            f"config.accumulation_steps={k} normalizes each micro-batch on its device and needs "
+            f"config.model.bn_group_size=1 (got {group})"
+        )
+    if virtual and micro % virtual:
+        raise ConfigError(
+            f"config.model.bn_virtual_batch_size={virtual} must divide the per-device "
+            f"micro-batch of {micro} (= global_batch_size {g} / {n} devices / "
+            f"accumulation_steps {k})"
         )
     try:
         steps_per_epoch = data_lib.steps_per_epoch(info, g)
@@ -181,11 +199,13 @@ def plan_run(config: Mapping[str, Any], info: data_lib.DatasetInfo, num_devices:
         num_devices=n,
         num_processes=jax.process_count(),
         per_device_batch=per_device,
+        accumulation_steps=k,
+        micro_batch=micro,
         steps_per_epoch=steps_per_epoch,
         total_steps=max(1, math.ceil(config["num_epochs"] * steps_per_epoch)),
         eval_every_steps=max(1, round(config["eval_every_epochs"] * steps_per_epoch)),
         eval_batch_size=eval_batch,
-        bn_span_examples=virtual or per_device * (group or n),
+        bn_span_examples=virtual or micro * (group or n),
     )
 
 

@@ -28,7 +28,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from lmsgd.data.metrics import masked_topk_correct
-from lmsgd.models.normalization import BATCH_STATS
+from lmsgd.models.normalization import BATCH_STATS, pool_statistics
 from lmsgd.parallel.allreduce import allreduce_mean
 from lmsgd.parallel.mesh import batch_sharding, data_axes, replicated
 
@@ -78,6 +78,23 @@ def create_train_state(
     return jax.jit(init, out_shardings=replicated(mesh))()
 
 
+def pool_micro_batch_stats(stacked: Any) -> Any:
+    """Exact statistics of the union of K equal micro-batches of one device.
+
+    `stacked` holds each layer's `mean`/`var` with a leading axis K (from `jax.lax.scan`);
+    moving averages, if any, are averaged like the devices' (`pool_batch_stats`).
+    """
+    flat = flax.traverse_util.flatten_dict(stacked)
+    out = {}
+    for key, value in flat.items():
+        if key[-1] == "mean":
+            var_key = (*key[:-1], "var")
+            out[key], out[var_key] = pool_statistics(value, flat[var_key])
+        elif key[-1] != "var":
+            out[key] = jnp.mean(value, axis=0)
+    return flax.traverse_util.unflatten_dict(out)
+
+
 def pool_batch_stats(batch_stats: Any, axes: tuple[str, ...]) -> Any:
     """Exact statistics of the union of all devices' examples (inside `shard_map`).
 
@@ -90,8 +107,9 @@ def pool_batch_stats(batch_stats: Any, axes: tuple[str, ...]) -> Any:
     pick = lambda name: {k: v for k, v in flat.items() if k[-1] == name}
     means, unravel_means = ravel_pytree(pick("mean"))
     variances, unravel_vars = ravel_pytree(pick("var"))
-    pooled_mean = jax.lax.pmean(means, axes)
-    pooled_var = jax.lax.pmean(variances + jnp.square(means - pooled_mean), axes)
+    pooled_mean, pooled_var = pool_statistics(
+        means, variances, mean=lambda x: jax.lax.pmean(x, axes)
+    )
     out = {**unravel_means(pooled_mean), **unravel_vars(pooled_var)}
     emas = {k: v for k, v in flat.items() if k[-1].startswith("ema_")}
     if emas:
@@ -103,6 +121,14 @@ def all_finite(tree: Any) -> jax.Array:
     """True (bool scalar) if every element of every leaf is finite."""
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def training_loss(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
+    """Per-example cross-entropy against smoothed one-hot labels, float32 `[B]`."""
+    if not label_smoothing:
+        return cross_entropy(logits, labels)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -126,6 +152,8 @@ def make_train_step(
     allreduce_dtype: str = "float32",
     allreduce_fuse: bool = False,
     allreduce_predivide_exponent: float = 0.5,
+    accumulation_steps: int = 1,
+    label_smoothing: float = 0.0,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Builds the jitted, sharded train step `(state, batch) -> (state, metrics)`.
 
@@ -136,30 +164,64 @@ def make_train_step(
       mesh: from `create_mesh`; parameters and optimizer state are replicated over it.
       schedules: logged per step, evaluated at the step *before* the update (as the optimizer).
       allreduce_*: see `allreduce_mean`.
+      accumulation_steps: K. Each device splits its examples into K micro-batches and runs
+        them one after another (`jax.lax.scan`: activations of one micro-batch live at a
+        time), summing gradients locally; then one all-reduce and one optimizer update.
+        Normalization statistics are per micro-batch, and the statistics kept for evaluation
+        are the exact pool over all micro-batches of all devices: N devices x K micro-batches
+        train exactly like N*K devices with one micro-batch each.
+      label_smoothing: training loss against (1 - a) one-hot + a / classes (0 = none).
     Returns:
       A function of the replicated `TrainState` and a global batch `{'image': [B, H, W, C],
-      'label': [B]}` sharded over the data axes (B = global batch). The state is donated.
-      Metrics are replicated scalars: loss and accuracy (global-batch means), grad_norm (of the
-      mean gradient, before weight decay), param_norm (after the update), `finite` (bool: loss,
-      gradient and updated parameters all finite) and each schedule's value.
+      'label': [B]}` sharded over the data axes (B = global batch; B / devices must divide by
+      K). The state is donated. Metrics are replicated scalars: loss and accuracy
+      (global-batch means), grad_norm (of the mean gradient, before weight decay),
+      param_norm (after the update), `finite` (bool: loss, gradient and the updated
+      parameters and statistics all finite) and each schedule's value.
     """
     axes = data_axes(mesh)
     model = bind_model_to_mesh(model, mesh)
     schedules = dict(schedules or {})
+    k = int(accumulation_steps)
+    if k < 1:
+        raise ValueError(f"accumulation_steps={k} must be >= 1")
+
+    def micro_step(params, batch_stats, images, labels):
+        """Loss, accuracy, local gradient and statistics of one (micro-)batch."""
+
+        def loss_fn(p):
+            logits, updates = model.apply(
+                {"params": p, BATCH_STATS: batch_stats}, images, train=True, mutable=[BATCH_STATS]
+            )
+            return jnp.mean(training_loss(logits, labels, label_smoothing)), (logits, updates)
+
+        (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return loss, accuracy(logits, labels), grads, updates.get(BATCH_STATS, {})
 
     def per_device(state: TrainState, batch: Batch):
         local_params = jax.lax.pcast(state.params, axes, to="varying")
-
-        def loss_fn(params):
-            logits, updates = model.apply(
-                {"params": params, BATCH_STATS: state.batch_stats},
-                batch["image"],
-                train=True,
-                mutable=[BATCH_STATS],
+        if k == 1:
+            loss, acc, grads, stats = micro_step(
+                local_params, state.batch_stats, batch["image"], batch["label"]
             )
-            return jnp.mean(cross_entropy(logits, batch["label"])), (logits, updates)
+        else:
+            split = lambda x: x.reshape(k, x.shape[0] // k, *x.shape[1:])
 
-        (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(local_params)
+            def body(carry, micro):
+                loss, acc, grads, stats = micro_step(local_params, state.batch_stats, *micro)
+                total = jax.tree.map(jnp.add, carry, (loss, acc, grads))
+                return total, stats
+
+            zero = jax.lax.pcast(
+                (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params)),
+                axes,
+                to="varying",
+            )
+            (loss, acc, grads), stats = jax.lax.scan(
+                body, zero, (split(batch["image"]), split(batch["label"]))
+            )
+            loss, acc, grads = jax.tree.map(lambda x: x / k, (loss, acc, grads))
+            stats = pool_micro_batch_stats(stats)
         grads = allreduce_mean(
             grads,
             data_axes=axes,
@@ -172,16 +234,15 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates_tx)
         metrics = {
             "loss": jax.lax.pmean(loss, axes),
-            "accuracy": jax.lax.pmean(accuracy(logits, batch["label"]), axes),
+            "accuracy": jax.lax.pmean(acc, axes),
             "grad_norm": optax.tree.norm(grads),
             "param_norm": optax.tree.norm(params),
         }
-
         metrics.update({name: fn(state.step) for name, fn in schedules.items()})
         new_state = state.replace(
             step=state.step + 1,
             params=params,
-            batch_stats=pool_batch_stats(updates.get(BATCH_STATS, {}), axes),
+            batch_stats=pool_batch_stats(stats, axes),
             opt_state=opt_state,
         )
         # One flag for the host: the loss, the gradient and the *updated* state are finite.

@@ -107,10 +107,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         flops_per_step *= plan.num_devices
         log.info(
             "%s: %s parameters, %.3g FLOPs/step; %d steps (%d/epoch); batch %d = %d devices x "
-            "%d; BN over %d; all-reduce %s %s; compiled in %.1fs",
+            "%d micro-batches x %d; BN over %d; all-reduce %s %s; compiled in %.1fs",
             config.model.name, f"{count_params(state.params):,}", flops_per_step,
-            plan.total_steps, plan.steps_per_epoch, g, plan.num_devices, plan.per_device_batch,
-            plan.bn_span_examples, config.allreduce.algorithm, config.allreduce.dtype, compile_s,
+            plan.total_steps, plan.steps_per_epoch, g, plan.num_devices,
+            plan.accumulation_steps, plan.micro_batch, plan.bn_span_examples,
+            config.allreduce.algorithm, config.allreduce.dtype, compile_s,
         )  # fmt: skip
         progress = periodic_actions.ReportProgress(
             num_train_steps=plan.total_steps, writer=writer, every_steps=config.logging.every_steps

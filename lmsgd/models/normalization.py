@@ -33,18 +33,27 @@ MODES = ("batch_stats", "moving_average")
 
 
 def pool_statistics(
-    means: jax.Array, variances: jax.Array, axis: int = 0
+    means: jax.Array, variances: jax.Array, axis: int = 0, mean: Callable | None = None
 ) -> tuple[jax.Array, jax.Array]:
-    """Exact mean and (biased) variance of the union of equally sized example sets.
+    """Exact mean and (biased) variance of the union of equally sized example sets:
+    mean of means, and mean of (variance + squared deviation of the set's mean).
+
+    The one pooling formula of lmsgd: over stacked sets (micro-batches, precise-BN batches,
+    ghost batches) and, with `mean=lambda x: jax.lax.pmean(x, axes)`, over devices.
 
     Args:
-      means, variances: per-set statistics stacked along `axis` (e.g. `[num_sets, C]`).
+      means, variances: per-set statistics stacked along `axis` (e.g. `[num_sets, C]`), or
+        this device's statistics when `mean` averages over devices.
+      mean: the averaging; default `jnp.mean` over `axis`.
     Returns:
-      `(mean, var)` of the union, with `axis` reduced.
+      `(mean, var)` of the union, with `axis` reduced (unless `mean` is given).
     """
-    mean = jnp.mean(means, axis=axis)
-    var = jnp.mean(variances + jnp.square(means - jnp.expand_dims(mean, axis)), axis=axis)
-    return mean, var
+    if mean is not None:
+        pooled = mean(means)
+        return pooled, mean(variances + jnp.square(means - pooled))
+    pooled = jnp.mean(means, axis=axis)
+    var = jnp.mean(variances + jnp.square(means - jnp.expand_dims(pooled, axis)), axis=axis)
+    return pooled, var
 
 
 def _axis_size(axis_name: str | tuple[str, ...]) -> int:

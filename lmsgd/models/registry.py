@@ -29,6 +29,9 @@ ARCHITECTURES: dict[str, tuple[tuple[int, ...], Any, str, int]] = {
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
+# The paper's normalization: batch statistics of each device's examples, no moving averages.
+PER_DEVICE_NORM = functools.partial(BatchStatsNorm, group_size=1)
+
 
 def model_names() -> list[str]:
     return list(ARCHITECTURES)
@@ -41,7 +44,7 @@ def create_model(
     dtype: str = "float32",
     width_multiplier: float = 1.0,
     zero_init_residual: bool = True,
-    norm: Callable[..., nn.Module] = BatchStatsNorm,
+    norm: Callable[..., nn.Module] = PER_DEVICE_NORM,
 ) -> ResNet:
     """Builds a named ResNet; `norm` is the normalization factory (see `ResNet`)."""
     if name not in ARCHITECTURES:

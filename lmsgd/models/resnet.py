@@ -96,7 +96,7 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     zero_init_residual: bool = True
-    norm: Callable[..., nn.Module] = BatchStatsNorm
+    norm: Callable[..., nn.Module] = functools.partial(BatchStatsNorm, group_size=1)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
