@@ -16,12 +16,35 @@ Recipe: RMSprop warm-up (beta_center 10, beta_period 5 epochs), slow-start sched
 (0.5 / 0.075 / 0.01 / 0.001 x 12.8 at epochs 40 / 70 / 85), batch-statistics-only
 normalization per device (32 images), no moving averages, float16 all-reduce, 90 epochs.
 Expected: 74.9% top-1 in 15 minutes on 1,024 P100s (the paper's numbers; not measured here).
+
+The same 32,768 images per step with the paper's 32-image BN statistics on fewer devices
+(`--config configs/imagenet_resnet50_akiba32k.py:<variant>`; gradient accumulation,
+`accumulation_steps`, with ghost BN inside each micro-batch):
+
+    variant  devices           x micro-batch x K  (ghost)  = global  BN span
+    pod      1,024                x 32       x 1  (-)      = 32,768  32   (the default)
+    gpu8     8 GPUs (one node)    x 256      x 16 (32)     = 32,768  32
+    v5p64    32 chips (v5p-64)    x 256      x 4  (32)     = 32,768  32
+
+Both run bfloat16 compute (float32 parameters). Time per epoch: not measured (no GPU or TPU
+was lent to this project); `python -m lmsgd.plan --config
+configs/imagenet_resnet50_akiba32k.py:gpu8 --target gpu:h100:8x1` (or `:v5p64 --target
+tpu:v5p:4x4x2`) compiles the step for the target and estimates it.
 """
+
+VARIANTS = {
+    # name: (accumulation_steps, ghost batch, mesh_shape, all-reduce algorithm)
+    "pod": (1, 0, None, "flat"),
+    "gpu8": (16, 32, None, "flat"),
+    "v5p64": (4, 32, None, "flat"),
+}
 
 from lmsgd.config import base_config
 
 
-def get_config():
+def get_config(variant: str = "pod"):
+    if variant not in VARIANTS:
+        raise ValueError(f"variant {variant!r}; allowed: {', '.join(VARIANTS)}")
     config = base_config()
     config.num_epochs = 90.0
     config.global_batch_size = 32768
@@ -47,4 +70,13 @@ def get_config():
 
     config.checkpoint.every_steps = 500
     config.logging.every_steps = 20
+
+    accumulation, ghost, mesh_shape, algorithm = VARIANTS[variant]
+    config.accumulation_steps = accumulation
+    config.model.bn_virtual_batch_size = ghost
+    config.allreduce.mesh_shape = mesh_shape
+    config.allreduce.algorithm = algorithm
+    if variant != "pod":
+        config.model.dtype = "bfloat16"
+        config.eval_batch_size = 4096  # an evaluation batch that fits without accumulation
     return config

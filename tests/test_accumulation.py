@@ -74,3 +74,22 @@ def test_accumulated_step_keeps_one_gradient_all_reduce():
     # 2 bytes each, in as many collectives as without accumulation
     assert sum(c.bytes for c in f16[4]) == 2 * count_params(state.params)
     assert len(f16[4]) == len(f16[1])
+
+
+@pytest.mark.parametrize(("variant", "devices", "micro"), [("pod", 1024, 32), ("gpu8", 8, 256),
+                                                          ("v5p64", 32, 256)])  # fmt: skip
+def test_paper_config_variants_keep_32768_images_and_32_image_statistics(variant, devices, micro):
+    import pathlib
+
+    from lmsgd.config import load_config_file
+    from lmsgd.data.info import DatasetInfo
+    from lmsgd.run import plan_run
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "configs/imagenet_resnet50_akiba32k.py"
+    config = load_config_file(str(path), arg=variant)
+    imagenet = DatasetInfo("imagenet2012", 1000, (224, 224, 3), 1_281_167, 50_000)
+    plan = plan_run(config, imagenet, devices)
+    # PAPER.md: 32,768 images per optimizer step, statistics over 32 images, 39 steps/epoch
+    assert devices * plan.micro_batch * plan.accumulation_steps == 32768
+    assert plan.micro_batch == micro and plan.bn_span_examples == 32
+    assert plan.steps_per_epoch == 1_281_167 // 32768 == 39
