@@ -161,3 +161,22 @@ def test_cli_user_errors_are_one_line_without_traceback():
     assert "Traceback" not in r.stderr
     err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "'v9'" in err[0] and "allowed" in err[0]
+
+
+def test_max_batch_fits_and_a_larger_one_does_not(monkeypatch):
+    import dataclasses
+
+    # A 48 MB "P100" keeps the probed batches (and compiles) small.
+    small = dataclasses.replace(HARDWARE["p100"], hbm_bytes=48e6)
+    monkeypatch.setitem(HARDWARE, "p100", small)
+    cfg = tiny_config(global_batch=8 * 8)
+    cfg.data.num_train_examples = 1 << 20
+    best = plan(cfg, "gpu:p100:8x1", max_batch=True).max_per_device_batch
+    assert best and best > 8
+
+    def peak(per_device):
+        c = cfg.copy_and_resolve_references()
+        c.global_batch_size = 8 * per_device
+        return plan(c, "gpu:p100:8x1").memory["peak_bytes"]
+
+    assert peak(best) <= 48e6 < peak(best + max(1, best // 8))

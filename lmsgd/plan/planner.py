@@ -193,24 +193,34 @@ def _compile_with_batch(config, mesh, per_device: int) -> compile_lib.CompiledSt
     return compile_lib.compile_step(compile_lib.build_step(cfg, mesh))
 
 
-def _max_batch(config, mesh, start: int, capacity: float, fits_at_start: bool) -> int:
-    """Largest per-device batch whose compiled program fits `capacity` bytes (bisection)."""
-    lo, hi = (start, None) if fits_at_start else (0, start)
-    b = start
-    while hi is None:  # double until it does not fit
-        b *= 2
-        if b > 65536:
-            return lo
-        if _compile_with_batch(config, mesh, b).peak_bytes <= capacity:
-            lo = b
-        else:
-            hi = b
-    while hi - lo > 1 and hi - lo > lo // 16:  # to within ~6%: each probe is a compile
+def _max_batch(config, mesh, start: int, capacity: float, peak_at_start: int) -> int:
+    """Largest per-device batch whose compiled program fits `capacity` bytes (to ~6%).
+
+    Memory is close to affine in the batch (state + batch x activations), so two compiles
+    give a line and its crossing with the capacity a guess; compiles then bisect around it.
+    """
+
+    def fits(b: int) -> bool:
+        try:
+            return _compile_with_batch(config, mesh, b).peak_bytes <= capacity
+        except ValueError:  # e.g. a global batch larger than the dataset: treat as the limit
+            return False
+
+    slope = (_compile_with_batch(config, mesh, 2 * start).peak_bytes - peak_at_start) / start
+    if slope <= 0:
+        return start
+    guess = max(1, int(start + (capacity - peak_at_start) / slope))
+    lo, hi = (guess, None) if fits(guess) else (0, guess)
+    if hi is None:  # the guess fits: look a little further up
+        up = guess + max(1, guess // 16)
+        if not fits(up):
+            return guess
+        lo, hi = up, up * 2
+        while fits(hi):
+            lo, hi = hi, hi * 2
+    while hi - lo > max(1, lo // 16):
         mid = (lo + hi) // 2
-        if _compile_with_batch(config, mesh, mid).peak_bytes <= capacity:
-            lo = mid
-        else:
-            hi = mid
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return lo
 
 
@@ -313,7 +323,9 @@ def plan(
     fits = compiled.peak_bytes <= hw.hbm_bytes
     best = None
     if max_batch:
-        best = _max_batch(compile_cfg, mesh, setup.per_device_batch, hw.hbm_bytes, fits)
+        best = _max_batch(
+            compile_cfg, mesh, setup.per_device_batch, hw.hbm_bytes, compiled.peak_bytes
+        )
     measured = _measure(setup, measure_steps) if measure_steps else None
     grad_dtypes = _gradient_dtypes(config.allreduce.dtype)
     if dump_hlo:

@@ -68,7 +68,7 @@ def format_plan(p: Plan) -> str:
         + (f", calibrated on {a.calibrated_on}" if a.calibrated_on else ", uncalibrated default")
         + f"; memory {a.memory_efficiency:g}; links {a.link_efficiency:g}; "
         f"overlap {a.overlap:g})",
-        f"  compute {_t(e.compute_s)} (peak {e.peak_flops / 1e12:.1f} TFLOP/s {e.peak_name})  "
+        f"  compute {_t(e.compute_s)} (peak {e.peak_flops / 1e12:.3g} TFLOP/s {e.peak_name})  "
         f"memory {_t(e.memory_s)} -> {e.bound}-bound",
     ]
     for c in e.collectives:
