@@ -124,7 +124,8 @@ def test_float32_allreduce_moves_twice_the_bytes_on_a_gpu_target():
     p = plan(cfg, "gpu:a100:8x2")
     n_params = param_count(cfg)
     assert p.num_devices == 16 and p.num_processes == 2 and p.per_device_batch == 2
-    assert p.gradient_allreduce_bytes == pytest.approx(4 * n_params, rel=0.01)
+    # float32: the f32 all-reduces also carry the BN statistics and metrics (~1%).
+    assert p.gradient_allreduce_bytes == pytest.approx(4 * n_params, rel=0.02)
     assert p.compiled_for == "cpu" and any("estimate" in note for note in p.notes)
 
 
@@ -141,13 +142,15 @@ def test_does_not_fit_is_reported():
 )
 def test_tpu_topology_compiles_with_tpu_compiler():
     cfg = tiny_config(global_batch=16)
+    # 128-512 channels: TPU tiles (128 lanes) then pad the gradient buffers by < 1%.
+    cfg.model.width_multiplier = 8.0
     p = plan(cfg, "tpu:v5p:2x2x1")
     n_params = param_count(cfg)
     assert p.compiled_for == "tpu" and p.num_devices == 4 and p.per_device_batch == 4
-    # TPU packs two f16 values per u32 word; its layouts pad small dimensions to tiles, so
-    # the bytes are at least the gradient's and at most a few times it for a tiny model.
+    # TPU packs two f16 values per u32 word: count bytes, not elements.
     packed = [c for c in p.collectives if c["op"] == "all-reduce" and c["dtype"] == "u32"]
-    assert packed and 2 * n_params <= p.gradient_allreduce_bytes <= 8 * n_params
+    assert packed
+    assert 2 * n_params <= p.gradient_allreduce_bytes <= 1.01 * 2 * n_params
     assert p.fits and p.memory["capacity_bytes"] == int(HARDWARE["v5p"].hbm_bytes)
     assert p.flops > 0 and p.estimate.step_s > 0
 
@@ -163,20 +166,25 @@ def test_cli_user_errors_are_one_line_without_traceback():
     assert len(err) == 1 and "'v9'" in err[0] and "allowed" in err[0]
 
 
-def test_max_batch_fits_and_a_larger_one_does_not(monkeypatch):
-    import dataclasses
+def test_max_batch_search_against_an_analytic_memory_curve(monkeypatch):
+    """The search (affine guess + bisection on compiles) finds the analytic limit to ~6%."""
+    import types
 
-    # A 48 MB "P100" keeps the probed batches (and compiles) small.
-    small = dataclasses.replace(HARDWARE["p100"], hbm_bytes=48e6)
-    monkeypatch.setitem(HARDWARE, "p100", small)
-    cfg = tiny_config(global_batch=8 * 8)
-    cfg.data.num_train_examples = 1 << 20
-    best = plan(cfg, "gpu:p100:8x1", max_batch=True).max_per_device_batch
-    assert best and best > 8
+    from lmsgd.plan import planner
 
-    def peak(per_device):
-        c = cfg.copy_and_resolve_references()
-        c.global_batch_size = 8 * per_device
-        return plan(c, "gpu:p100:8x1").memory["peak_bytes"]
+    capacity = 16e9
 
-    assert peak(best) <= 48e6 < peak(best + max(1, best // 8))
+    def peak(b):  # state + activations, slightly super-linear like real programs
+        return 1.2e9 + 30e6 * b + 2e3 * b * b
+
+    compiled = []
+
+    def fake_compile(config, mesh, per_device):
+        compiled.append(per_device)
+        return types.SimpleNamespace(peak_bytes=peak(per_device))
+
+    monkeypatch.setattr(planner, "_compile_with_batch", fake_compile)
+    best = planner._max_batch(None, None, 32, capacity, peak(32))
+    exact = max(b for b in range(1, 5000) if peak(b) <= capacity)
+    assert peak(best) <= capacity and best >= exact * 15 / 16
+    assert len(compiled) <= 8  # each probe is a real compile on a pod-sized program
