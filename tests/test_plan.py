@@ -91,14 +91,18 @@ def test_missing_libtpu_says_what_to_install(monkeypatch):
 
 def test_ring_formula_by_hand():
     hw = HARDWARE["h100"]
-    a = estimate_lib.Assumptions(0.5, link_efficiency=1.0, inter_latency_s=0.0, intra_latency_s=0)
     grad = Collective("all-reduce", "f16", 1000, 2_000_000, 1024, "{}")
-    link, s = estimate_lib.collective_seconds(
-        grad, hw, a, num_devices=1024, per_node=8, topology=(8, 128)
-    )
-    # Spans nodes: NCCL rings through all NICs, limited by min(NVLink, node network).
-    assert link == "inter-node"
-    assert s == pytest.approx(2_000_000 * 2 * 1023 / 1024 / min(450e9, 400e9))
+    bandwidth = 2_000_000 * 2 * 1023 / 1024 / min(450e9, 400e9)
+    for steps, latency_steps in [("ring", 2 * 1023), ("tree", 2 * 10)]:
+        a = estimate_lib.Assumptions(
+            0.5, link_efficiency=1.0, inter_latency_s=5e-6, gpu_latency_steps=steps
+        )
+        link, s = estimate_lib.collective_seconds(
+            grad, hw, a, num_devices=1024, per_node=8, topology=(8, 128)
+        )
+        # Spans nodes: NCCL rings through all NICs, limited by min(NVLink, node network).
+        assert link == "inter-node"
+        assert s == pytest.approx(bandwidth + 5e-6 * latency_steps)
 
 
 def test_cpu8_memory_collectives_and_measure():

@@ -22,6 +22,7 @@ algorithms) shares the node's network with the node's other groups.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from lmsgd.parallel.collectives import Collective
 from lmsgd.plan.hardware import Hardware
@@ -42,6 +43,9 @@ class Assumptions:
       intra_latency_s: per ring step inside a node / over ICI, seconds.
       inter_latency_s: per ring step across nodes, seconds.
       overlap: fraction of communication hidden under computation (0 = none).
+      gpu_latency_steps: "ring" (2(n-1) latency steps per all-reduce: NCCL's rings, as in
+        the paper) or "tree" (2 ceil(log2 n): NCCL's double binary trees since 2.4, and
+        recursive halving/doubling); bandwidth terms are the same.
       calibrated_on: the published run `compute_efficiency` was fitted to, or "" (default).
     """
 
@@ -51,16 +55,20 @@ class Assumptions:
     intra_latency_s: float = 2e-6
     inter_latency_s: float = 5e-6
     overlap: float = 0.0
+    gpu_latency_steps: str = "tree"
     calibrated_on: str = ""
 
 
 # One calibration per device family at most (docs/planning.md): P100 on the paper's run; the
 # rest are defaults chosen before looking at the validation runs (typical ResNet-50 MFU).
+_AKIBA = "akiba2017 (1,024 x P100, 90 epochs in 15 min)"
 ASSUMPTIONS: dict[str, Assumptions] = {
     # 0.38 = 766.8 GFLOP / (9.3 TFLOP/s x (900 s / 3,510 steps - 39.8 ms of modelled
     # communication)): the paper's 15 minutes for 90 epochs on 1,024 P100s.
-    "p100": Assumptions(0.38, calibrated_on="akiba2017 (1,024 x P100, 90 epochs in 15 min)"),
-    "p100-pcie": Assumptions(0.38, calibrated_on="akiba2017 (1,024 x P100, 90 epochs in 15 min)"),
+    "p100": Assumptions(0.38, gpu_latency_steps="ring", calibrated_on=_AKIBA),
+    "p100-pcie": Assumptions(0.38, gpu_latency_steps="ring", calibrated_on=_AKIBA),
+    # Goyal et al. reduce with recursive halving/doubling: log2(n) latency steps.
+    "p100-bigbasin": Assumptions(0.38, calibrated_on=_AKIBA),
     "v100": Assumptions(0.35),
     "a100": Assumptions(0.35),
     "h100": Assumptions(0.35),
@@ -156,6 +164,8 @@ def collective_seconds(
         bw, lat, steps = min(hw.intra_bandwidth, hw.inter_bandwidth), a.inter_latency_s, 2 * (n - 1)
     else:  # one device per node: the node's network is shared by its per_node groups
         bw, lat, steps = hw.inter_bandwidth / per_node, a.inter_latency_s, 2 * (n - 1)
+    if link != "ici" and a.gpu_latency_steps == "tree":
+        steps = 2 * math.ceil(math.log2(n))
     if c.op != "all-reduce":
         steps //= 2
     return link, c.bytes * factor / (bw * a.link_efficiency) + lat * steps

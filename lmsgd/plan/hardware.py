@@ -83,6 +83,15 @@ HARDWARE: dict[str, Hardware] = {
          "inter_bandwidth": "Akiba et al. 2017 (MN-1): two FDR InfiniBand links per node, "
                             "2 x 56 Gbit/s = 14 GB/s"},
     ),
+    "p100-bigbasin": Hardware(
+        "p100-bigbasin", "NVIDIA Tesla P100 SXM2 16 GB in Facebook Big Basin servers", "gpu",
+        {"float32": 10.6 * TFLOPS, "float16": 21.2 * TFLOPS},
+        16 * GB, 732 * GB, 80 * GB, 6.25 * GB, 8,
+        {"peak_flops": _NV_P100, "hbm": _NV_P100 + ": 16 GB HBM2, 732 GB/s",
+         "intra_bandwidth": _NV_P100 + ": NVLink 160 GB/s bidirectional",
+         "inter_bandwidth": "Goyal et al. 2017, section 5: 8 NVLink-connected P100s per Big "
+                            "Basin server, 50 Gbit/s Ethernet per server = 6.25 GB/s"},
+    ),
     "v100": Hardware(
         "v100", "NVIDIA Tesla V100 SXM2 32 GB, DGX-1 style node", "gpu",
         {"float32": 15.7 * TFLOPS, "float16": 125 * TFLOPS},

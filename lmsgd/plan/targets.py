@@ -40,7 +40,7 @@ ALIASES: dict[str, str] = {
     "v5e-256": "tpu:v5e:16x16",
     # Clusters of published runs (docs/planning.md's validation table).
     "akiba2017": "gpu:p100-pcie:8x128",  # MN-1: 128 nodes x 8 P100 PCIe, 2 x FDR IB per node
-    "goyal2017": "gpu:p100:8x32",  # Big Basin: 32 servers x 8 P100 SXM2 (NVLink)
+    "goyal2017": "gpu:p100-bigbasin:8x32",  # 32 Big Basin servers x 8 P100 SXM2, 50 GbE
 }
 TPU_GENERATIONS = tuple(k for k, h in HARDWARE.items() if h.kind == "tpu")
 GPU_MODELS = tuple(k for k, h in HARDWARE.items() if h.kind == "gpu")
