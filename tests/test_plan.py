@@ -123,16 +123,6 @@ def test_cpu8_memory_collectives_and_measure():
     assert p.estimate.run_s == pytest.approx(p.estimate.step_s * p.total_steps)
 
 
-def test_float32_allreduce_moves_twice_the_bytes_on_a_gpu_target():
-    cfg = tiny_config(global_batch=32, dtype="float32")
-    p = plan(cfg, "gpu:a100:8x2")
-    n_params = param_count(cfg)
-    assert p.num_devices == 16 and p.num_processes == 2 and p.per_device_batch == 2
-    # float32: the f32 all-reduces also carry the BN statistics and metrics (~1%).
-    assert p.gradient_allreduce_bytes == pytest.approx(4 * n_params, rel=0.02)
-    assert p.compiled_for == "cpu" and any("estimate" in note for note in p.notes)
-
-
 def test_does_not_fit_is_reported():
     # 2,048 images of 256 x 256 per GPU: the activations alone exceed a P100's 16 GB.
     cfg = tiny_config(global_batch=8 * 2048, image_size=256)
@@ -192,3 +182,20 @@ def test_max_batch_search_against_an_analytic_memory_curve(monkeypatch):
     exact = max(b for b in range(1, 5000) if peak(b) <= capacity)
     assert peak(best) <= capacity and best >= exact * 15 / 16
     assert len(compiled) <= 8  # each probe is a real compile on a pod-sized program
+
+
+def test_two_dimensional_float32_on_gpus_moves_one_node_share_across_nodes():
+    cfg = tiny_config(global_batch=32, dtype="float32")
+    cfg.allreduce.algorithm = "two_dimensional"
+    p = plan(cfg, "gpu:a100:8x4")
+    n_params = param_count(cfg)
+    assert p.num_devices == 32 and p.num_processes == 4 and p.per_device_batch == 1
+    assert p.mesh == {"host": 4, "local": 8}
+    assert p.compiled_for == "cpu" and any("estimate" in note for note in p.notes)
+    by_link = {(c.op, c.link): c for c in p.estimate.collectives}
+    # Inside a node: reduce-scatter of the float32 gradient over NVLink (8 GPUs) ...
+    assert by_link[("reduce-scatter", "intra-node")].group_size == 8
+    # ... across nodes: an all-reduce of 1/8 of it, one GPU per node (4 nodes).
+    across = by_link[("all-reduce", "inter-node-shared")]
+    assert across.group_size == 4
+    assert across.bytes == pytest.approx(4 * n_params / 8, rel=0.03)

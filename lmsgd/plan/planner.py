@@ -105,9 +105,14 @@ def _gradient_dtypes(allreduce_dtype: str) -> set[str]:
 
 
 def _proxy_collectives(
-    found: list[Collective], mesh: jax.sharding.Mesh, target: targets_lib.Target, ar_dtype: str
+    found: list[Collective],
+    mesh: jax.sharding.Mesh,
+    target: targets_lib.Target,
+    ar_dtype: str,
+    algorithm: str,
 ) -> tuple[list[Collective], list[str]]:
-    """Collectives of the CPU proxy program, with group sizes mapped onto the GPU target."""
+    """Collectives of the CPU proxy program, with groups and shard sizes mapped onto the GPU
+    target (the proxy's 'local' axis has fewer devices than a node)."""
     notes = []
     sizes = dict(mesh.shape)
     out = []
@@ -121,9 +126,15 @@ def _proxy_collectives(
         else:
             n = c.group_size
         dtype, nbytes = c.dtype, c.bytes
+        sharded = c.op == "reduce-scatter" or (
+            c.op == "all-reduce" and c.group_size == sizes.get("host")
+        )
+        if len(sizes) == 2 and algorithm == "two_dimensional" and sharded:
+            # two_dimensional moves 1/local of the buffer across nodes: rescale the shard.
+            nbytes = nbytes * sizes["local"] // target.devices_per_node
         if ar_dtype == "bfloat16" and c.dtype == "f32" and c.op == "all-reduce":
             # XLA:CPU promotes bfloat16 reductions to float32; GPUs keep bfloat16.
-            dtype, nbytes = "bf16", c.bytes // 2
+            dtype, nbytes = "bf16", nbytes // 2
         groups = (
             "" if n == c.group_size else f"[{target.num_devices // n},{n}]<=[{target.num_devices}]"
         )
@@ -292,7 +303,9 @@ def plan(
     compiled = compile_lib.compile_step(setup)
     found = describe_collectives(compiled.hlo)
     if parsed.kind == "gpu":
-        found, more = _proxy_collectives(found, mesh, parsed, config.allreduce.dtype)
+        found, more = _proxy_collectives(
+            found, mesh, parsed, config.allreduce.dtype, config.allreduce.algorithm
+        )
         notes += more
     real_steps_per_epoch = setup.steps_per_epoch
     real_total = setup.total_steps

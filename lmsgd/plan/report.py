@@ -62,7 +62,8 @@ def format_plan(p: Plan) -> str:
         f"  gradient all-reduce ({p.allreduce['dtype']}, {p.allreduce['algorithm']}): "
         f"{p.gradient_allreduce_bytes:,} bytes = "
         f"{p.gradient_allreduce_bytes / max(1, p.num_params):.3f} bytes x {p.num_params:,} "
-        "parameters",
+        "parameters"
+        + ("" if p.allreduce["algorithm"] == "flat" else " (all-reduce instructions only)"),
         "",
         f"estimated time (ESTIMATE: compute efficiency {a.compute_efficiency:g}"
         + (f", calibrated on {a.calibrated_on}" if a.calibrated_on else ", uncalibrated default")
