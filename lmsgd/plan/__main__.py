@@ -1,0 +1,84 @@
+"""python -m lmsgd.plan --config CONFIG [--config.key=value ...] --target TARGET
+[--json FILE] [--dump_hlo DIR] [--measure N] [--max_batch]"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _define_flags() -> None:
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "Config file (configs/<name>.py); override keys with --config.key=value",
+        lock_config=True,
+    )
+    flags.DEFINE_string("target", None, "tpu:GEN:TOPOLOGY, gpu:MODEL:GxN, cpu:N or an alias")
+    flags.DEFINE_string("json", None, "Also write the plan as JSON to this file.")
+    flags.DEFINE_string("dump_hlo", None, "Write the compiled program into this directory.")
+    flags.DEFINE_integer("measure", 0, "cpu:N targets: also run this many steps here.")
+    flags.DEFINE_bool("max_batch", False, "Bisect (on compiles) for the largest batch that fits.")
+    flags.mark_flags_as_required(["config", "target"])  # fmt: skip
+
+
+def _early_device_count(argv: list[str]) -> None:
+    """Simulated CPU devices must be set before JAX initializes its backends."""
+    import jax
+
+    target = next((a.split("=", 1)[1] for a in argv if a.startswith("--target=")), None)
+    if target is None and "--target" in argv and argv.index("--target") + 1 < len(argv):
+        target = argv[argv.index("--target") + 1]
+    if not target:
+        return
+    from lmsgd.plan.planner import GPU_PROXY_DEVICES
+    from lmsgd.plan.targets import PlanError, parse_target
+
+    try:
+        t = parse_target(target)
+    except PlanError:
+        return  # reported by main
+    if t.kind == "cpu":
+        jax.config.update("jax_num_cpu_devices", t.num_devices)
+    elif t.kind == "gpu":
+        jax.config.update("jax_num_cpu_devices", GPU_PROXY_DEVICES)
+
+
+def main(argv) -> None:
+    from absl import flags
+
+    from lmsgd.config import validate_config
+    from lmsgd.plan.planner import plan
+    from lmsgd.plan.report import format_plan
+    from lmsgd.plan.targets import PlanError
+
+    f = flags.FLAGS
+    try:
+        if len(argv) > 1:
+            raise PlanError(f"unexpected arguments: {argv[1:]}")
+        validate_config(f.config)
+        result = plan(
+            f.config, f.target, max_batch=f.max_batch, measure_steps=f.measure,
+            dump_hlo=f.dump_hlo,
+        )  # fmt: skip
+    except (PlanError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(format_plan(result))
+    if f.json:
+        with open(f.json, "w") as fh:
+            fh.write(result.to_json())
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Stale libtpu lock files would otherwise fail the next planner process.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    _early_device_count(sys.argv)
+    from absl import app
+
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,257 @@
+"""Build the real train step for a target mesh and compile it without owning the devices.
+
+`build_step` is the one place that turns a config into (model, optimizer, schedules, step
+function) for a mesh; everything else in `lmsgd.plan` works from its result. When the driver
+grows a setup object, this function is what to swap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from lmsgd.parallel.mesh import FLAT_AXES, HIERARCHICAL_AXES, batch_sharding, replicated
+
+
+@dataclasses.dataclass
+class StepSetup:
+    """A config made concrete for one mesh (sizes are global unless named per device).
+
+    Attributes:
+      mesh: the data-parallel mesh over the target's devices.
+      model, tx, schedules: as `lmsgd.train.build` makes them.
+      step: the jitted train step `(state, batch) -> (state, metrics)` (lmsgd.step).
+      state: the train state as `jax.ShapeDtypeStruct`s, replicated over the mesh.
+      batch: one global batch as `jax.ShapeDtypeStruct`s, sharded over the data axes.
+      num_params: trainable parameters (elements).
+      per_device_batch: images per device per optimizer step (all micro-steps together).
+      accumulation_steps: micro-steps per optimizer step (`config.accumulation_steps`, 1 if
+        the config has none).
+      bn_span: images whose statistics one normalization layer pools in training.
+      steps_per_epoch, total_steps: optimizer steps.
+      image_shape, num_classes, num_train_examples: from the dataset's metadata.
+    """
+
+    mesh: Mesh
+    model: Any
+    tx: Any
+    schedules: Any
+    step: Any
+    state: Any
+    batch: dict[str, jax.ShapeDtypeStruct]
+    num_params: int
+    per_device_batch: int
+    accumulation_steps: int
+    bn_span: int
+    steps_per_epoch: int
+    total_steps: int
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    num_train_examples: int
+
+
+def dataset_info(data_cfg: Mapping[str, Any]):
+    """The dataset's metadata without reading (or having) the data.
+
+    ImageNet's sizes are constants (no TFDS builder is opened, so no dataset is needed);
+    digits and synthetic are cheap; image folders are listed.
+    """
+    from lmsgd.data import config as data_config
+    from lmsgd.data.info import DatasetInfo
+
+    cfg = data_config.resolve(data_cfg)
+    if cfg.name == "imagenet2012":
+        size = cfg.image_size
+        return DatasetInfo(
+            "imagenet2012",
+            1000,
+            (size, size, 3),
+            data_config.IMAGENET_NUM_TRAIN,
+            data_config.IMAGENET_NUM_EVAL,
+        )
+    from lmsgd.data.info import get_dataset_info
+
+    return get_dataset_info(cfg)
+
+
+def make_mesh(devices: Sequence[Any], algorithm: str, devices_per_node: int) -> Mesh:
+    """The mesh `lmsgd.parallel.create_mesh` would build, over any devices (local or not).
+
+    `flat` gives the 1-D ('data',) mesh; the two-level algorithms ('host', 'local') with
+    `devices_per_node` devices on the 'local' axis (one node's devices, (process, id) order).
+    """
+    devices = sorted(devices, key=lambda d: (d.process_index, d.id))
+    n = len(devices)
+    if algorithm == "flat":
+        shape, names = (n,), FLAT_AXES
+    else:
+        local = min(devices_per_node, n)
+        shape, names = (n // local, local), HIERARCHICAL_AXES
+    return Mesh(
+        np.asarray(devices, dtype=object).reshape(shape),
+        names,
+        axis_types=(jax.sharding.AxisType.Auto,) * len(shape),
+    )
+
+
+def build_step(config: Any, mesh: Mesh) -> StepSetup:
+    """config -> (model, optimizer, schedules, train step) for `mesh`, all abstract.
+
+    Mirrors `lmsgd.train.build` + `create_train_state` + `make_train_step`, with the state
+    from `jax.eval_shape` (nothing is allocated, so the mesh's devices may be remote).
+    """
+    from lmsgd.data.info import steps_per_epoch as steps_per_epoch_of
+    from lmsgd.models import create_model
+    from lmsgd.models.normalization import BATCH_STATS
+    from lmsgd.optim import create_optimizer
+    from lmsgd.step import TrainState, make_train_step
+
+    info = dataset_info(config.data)
+    n = mesh.devices.size
+    global_batch = config.global_batch_size
+    if global_batch % n:
+        raise ValueError(
+            f"global_batch_size={global_batch} must be a multiple of the {n} devices of the "
+            f"target; e.g. {n * max(1, global_batch // n)}"
+        )
+    per_device = global_batch // n
+    # The lead is adding gradient accumulation; until then the key may be absent.
+    accumulation = int(config.get("accumulation_steps", 1) or 1)
+    group = config.model.bn_group_size
+    virtual = config.model.bn_virtual_batch_size
+    micro = per_device // accumulation
+    bn_span = virtual or micro * (group or n)
+    steps_per_epoch = steps_per_epoch_of(info, global_batch)
+    model = create_model(
+        config.model.name,
+        num_classes=config.model.num_classes or info.num_classes,
+        dtype=config.model.dtype,
+        width_multiplier=config.model.width_multiplier,
+        zero_init_residual=config.model.zero_init_residual,
+        norm_mode=config.model.norm_mode,
+        bn_group_size=group,
+        bn_virtual_batch_size=virtual,
+        bn_momentum=config.model.bn_momentum,
+        bn_epsilon=config.model.bn_epsilon,
+    )
+    tx, schedules = create_optimizer(
+        config.optimizer,
+        global_batch_size=global_batch,
+        steps_per_epoch=steps_per_epoch,
+        num_epochs=config.num_epochs,
+    )
+
+    def init():
+        x = jnp.zeros((1, *info.image_shape), jnp.float32)
+        variables = model.init(jax.random.key(config.seed), x, train=False)
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get(BATCH_STATS, {}),
+            opt_state=tx.init(params),
+        )
+
+    rep = replicated(mesh)
+    state = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), jax.eval_shape(init)
+    )
+    data = batch_sharding(mesh)
+    image_dtype = jnp.bfloat16 if config.data.dtype == "bfloat16" else jnp.float32
+    batch = {
+        "image": jax.ShapeDtypeStruct(
+            (global_batch, *info.image_shape), image_dtype, sharding=data
+        ),
+        "label": jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=data),
+    }
+    step = make_train_step(
+        model,
+        tx,
+        mesh,
+        schedules=schedules,
+        allreduce_algorithm=config.allreduce.algorithm,
+        allreduce_dtype=config.allreduce.dtype,
+        allreduce_fuse=config.allreduce.fuse,
+    )
+    return StepSetup(
+        mesh=mesh,
+        model=model,
+        tx=tx,
+        schedules=schedules,
+        step=step,
+        state=state,
+        batch=batch,
+        num_params=sum(math.prod(x.shape) for x in jax.tree.leaves(state.params)),
+        per_device_batch=per_device,
+        accumulation_steps=accumulation,
+        bn_span=bn_span,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=max(1, math.ceil(config.num_epochs * steps_per_epoch)),
+        image_shape=tuple(info.image_shape),
+        num_classes=config.model.num_classes or info.num_classes,
+        num_train_examples=info.num_train_examples,
+    )
+
+
+@dataclasses.dataclass
+class CompiledStep:
+    """What the compiler says about one device's program (all figures per device per step).
+
+    Attributes:
+      argument_bytes, output_bytes, temp_bytes, alias_bytes, code_bytes: XLA's
+        `memory_analysis()`; outputs aliased to donated arguments (`alias_bytes`) are counted
+        once in `peak_bytes`.
+      flops, bytes_accessed: XLA's `cost_analysis()` of the per-device program.
+      hlo: the compiled program's text (tuple `/*index=N*/` comments removed).
+      compile_s: wall time of lower + compile.
+    """
+
+    argument_bytes: int
+    output_bytes: int
+    temp_bytes: int
+    alias_bytes: int
+    code_bytes: int
+    flops: float
+    bytes_accessed: float
+    hlo: str
+    compile_s: float
+
+    @property
+    def peak_bytes(self) -> int:
+        """Bytes resident at the step's peak (arguments + outputs - aliased + temporaries)."""
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+
+
+_INDEX_COMMENT = re.compile(r"/\*index=\d+\*/")
+
+
+def compile_step(setup: StepSetup) -> CompiledStep:
+    """Lowers and compiles `setup.step` for the mesh's platform (TPU via libtpu, or CPU)."""
+    t0 = time.perf_counter()
+    compiled = setup.step.lower(setup.state, setup.batch).compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = (cost[0] if cost else {}) if isinstance(cost, list) else (cost or {})
+    return CompiledStep(
+        argument_bytes=int(mem.argument_size_in_bytes),
+        output_bytes=int(mem.output_size_in_bytes),
+        temp_bytes=int(mem.temp_size_in_bytes),
+        alias_bytes=int(mem.alias_size_in_bytes),
+        code_bytes=int(getattr(mem, "generated_code_size_in_bytes", 0) or 0),
+        flops=float(cost.get("flops", 0.0)),
+        bytes_accessed=float(cost.get("bytes accessed", 0.0)),
+        # Compiled HLO prints long tuple shapes with /*index=N*/ comments, which the
+        # collective parser would otherwise read as part of a shape.
+        hlo=_INDEX_COMMENT.sub("", compiled.as_text()),
+        compile_s=compile_s,
+    )
