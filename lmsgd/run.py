@@ -209,6 +209,25 @@ def plan_run(config: Mapping[str, Any], info: data_lib.DatasetInfo, num_devices:
     )
 
 
+def assemble(
+    config: ml_collections.ConfigDict, mesh: Mesh, info: data_lib.DatasetInfo, source: Any = None
+) -> Run:
+    """The run on a given mesh (its devices may be remote, e.g. a TPU topology the planner
+    compiles for) and dataset metadata; `source` None when no data will be read."""
+    plan = plan_run(config, info, mesh.devices.size)
+    model = model_from_config(config.model, info.num_classes)
+    try:
+        tx, schedules = create_optimizer(
+            config.optimizer,
+            global_batch_size=config.global_batch_size,
+            steps_per_epoch=plan.steps_per_epoch,
+            num_epochs=config.num_epochs,
+        )
+    except ValueError as e:  # schedule arithmetic, e.g. warm-up longer than the run
+        raise ConfigError(f"config.optimizer: {e}") from e
+    return Run(config, plan, mesh, model, tx, dict(schedules), info, source)
+
+
 def build(config: ml_collections.ConfigDict) -> Run:
     """Validates `config` and builds the run (devices, mesh, model, optimizer, data source)."""
     validate_config(config)
@@ -219,15 +238,4 @@ def build(config: ml_collections.ConfigDict) -> Run:
         mesh = create_mesh(ar.mesh_shape, two_level=ar.algorithm != "flat")
     except ValueError as e:
         raise ConfigError(f"config.allreduce.mesh_shape: {e}") from e
-    plan = plan_run(config, source.info, mesh.devices.size)
-    model = model_from_config(config.model, source.info.num_classes)
-    try:
-        tx, schedules = create_optimizer(
-            config.optimizer,
-            global_batch_size=config.global_batch_size,
-            steps_per_epoch=plan.steps_per_epoch,
-            num_epochs=config.num_epochs,
-        )
-    except ValueError as e:  # schedule arithmetic, e.g. warm-up longer than the run
-        raise ConfigError(f"config.optimizer: {e}") from e
-    return Run(config, plan, mesh, model, tx, dict(schedules), source.info, source)
+    return assemble(config, mesh, source.info, source)

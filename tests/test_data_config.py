@@ -40,10 +40,13 @@ def test_bad_values_name_key_and_allowed(key, value, needle):
 
 
 def test_unknown_key_and_missing_data_dir():
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['shuffle_bufer'\]"):
+    with pytest.raises(ValueError, match=r"unknown config key config.data.shuffle_bufer; did you"):
         data.validate_data_config({**data.default_data_config(), "shuffle_bufer": 3})
     with pytest.raises(ValueError, match="data_dir is required"):
-        data.validate_data_config({"name": "image_folder"})
+        data.validate_data_config({**data.default_data_config(), "name": "image_folder"})
+    with pytest.raises(ValueError, match=r"config is missing config.data.cache"):
+        data.validate_data_config({k: v for k, v in data.default_data_config().items()
+                                   if k != "cache"})  # fmt: skip
 
 
 def test_steps_and_eval_batches():

@@ -54,18 +54,15 @@ def param_count(cfg) -> int:
 def driver_memory(cfg):
     """memory_analysis() of the step compiled as lmsgd.train does it, on the 8 real devices."""
     from lmsgd.data import synthetic
-    from lmsgd.parallel import batch_sharding, create_mesh
+    from lmsgd.parallel import batch_sharding
     from lmsgd.plan.compile import dataset_info
-    from lmsgd.step import create_train_state, make_train_step
-    from lmsgd.train import build
+    from lmsgd.run import build
 
-    _, mesh, model, tx, schedules, info = build(cfg)
-    state = create_train_state(model, tx, jax.random.key(0), info.image_shape, mesh)
-    step = make_train_step(model, tx, mesh, schedules=schedules, allreduce_dtype="float16")
+    run = build(cfg)
+    state, step = run.init_state(), run.train_step()
     batch = synthetic.make_batch(
-        dataset_info(cfg.data), cfg.global_batch_size, 0, "float32", batch_sharding(mesh)
+        dataset_info(cfg.data), cfg.global_batch_size, 0, "float32", batch_sharding(run.mesh)
     )
-    del create_mesh
     return step.lower(state, batch).compile().memory_analysis()
 
 

@@ -28,7 +28,7 @@ class StepSetup:
 
     Attributes:
       mesh: the data-parallel mesh over the target's devices.
-      model, tx, schedules: as `lmsgd.train.build` makes them.
+      model, tx, schedules: as `lmsgd.run.build` makes them.
       step: the jitted train step `(state, batch) -> (state, metrics)` (lmsgd.step).
       state: the train state as `jax.ShapeDtypeStruct`s, replicated over the mesh.
       batch: one global batch as `jax.ShapeDtypeStruct`s, sharded over the data axes.
@@ -106,49 +106,17 @@ def make_mesh(devices: Sequence[Any], algorithm: str, devices_per_node: int) -> 
 def build_step(config: Any, mesh: Mesh) -> StepSetup:
     """config -> (model, optimizer, schedules, train step) for `mesh`, all abstract.
 
-    Mirrors `lmsgd.train.build` + `create_train_state` + `make_train_step`, with the state
+    Uses `lmsgd.run.assemble` (the driver's set-up) on the target's mesh, with the state
     from `jax.eval_shape` (nothing is allocated, so the mesh's devices may be remote).
     """
-    from lmsgd.data.info import steps_per_epoch as steps_per_epoch_of
-    from lmsgd.models import create_model
     from lmsgd.models.normalization import BATCH_STATS
-    from lmsgd.optim import create_optimizer
-    from lmsgd.step import TrainState, make_train_step
+    from lmsgd.run import assemble
+    from lmsgd.step import TrainState
 
     info = dataset_info(config.data)
-    n = mesh.devices.size
+    run = assemble(config, mesh, info)  # the driver's own set-up, on the target's mesh
+    model, tx, schedules, plan = run.model, run.tx, run.schedules, run.plan
     global_batch = config.global_batch_size
-    if global_batch % n:
-        raise ValueError(
-            f"global_batch_size={global_batch} must be a multiple of the {n} devices of the "
-            f"target; e.g. {n * max(1, global_batch // n)}"
-        )
-    per_device = global_batch // n
-    # The lead is adding gradient accumulation; until then the key may be absent.
-    accumulation = int(config.get("accumulation_steps", 1) or 1)
-    group = config.model.bn_group_size
-    virtual = config.model.bn_virtual_batch_size
-    micro = per_device // accumulation
-    bn_span = virtual or micro * (group or n)
-    steps_per_epoch = steps_per_epoch_of(info, global_batch)
-    model = create_model(
-        config.model.name,
-        num_classes=config.model.num_classes or info.num_classes,
-        dtype=config.model.dtype,
-        width_multiplier=config.model.width_multiplier,
-        zero_init_residual=config.model.zero_init_residual,
-        norm_mode=config.model.norm_mode,
-        bn_group_size=group,
-        bn_virtual_batch_size=virtual,
-        bn_momentum=config.model.bn_momentum,
-        bn_epsilon=config.model.bn_epsilon,
-    )
-    tx, schedules = create_optimizer(
-        config.optimizer,
-        global_batch_size=global_batch,
-        steps_per_epoch=steps_per_epoch,
-        num_epochs=config.num_epochs,
-    )
 
     def init():
         x = jnp.zeros((1, *info.image_shape), jnp.float32)
@@ -173,15 +141,7 @@ def build_step(config: Any, mesh: Mesh) -> StepSetup:
         ),
         "label": jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=data),
     }
-    step = make_train_step(
-        model,
-        tx,
-        mesh,
-        schedules=schedules,
-        allreduce_algorithm=config.allreduce.algorithm,
-        allreduce_dtype=config.allreduce.dtype,
-        allreduce_fuse=config.allreduce.fuse,
-    )
+    step = run.train_step()
     return StepSetup(
         mesh=mesh,
         model=model,
@@ -191,11 +151,11 @@ def build_step(config: Any, mesh: Mesh) -> StepSetup:
         state=state,
         batch=batch,
         num_params=sum(math.prod(x.shape) for x in jax.tree.leaves(state.params)),
-        per_device_batch=per_device,
-        accumulation_steps=accumulation,
-        bn_span=bn_span,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=max(1, math.ceil(config.num_epochs * steps_per_epoch)),
+        per_device_batch=plan.per_device_batch,
+        accumulation_steps=plan.accumulation_steps,
+        bn_span=plan.bn_span_examples,
+        steps_per_epoch=plan.steps_per_epoch,
+        total_steps=plan.total_steps,
         image_shape=tuple(info.image_shape),
         num_classes=config.model.num_classes or info.num_classes,
         num_train_examples=info.num_train_examples,
