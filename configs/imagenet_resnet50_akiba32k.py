@@ -32,14 +32,14 @@ configs/imagenet_resnet50_akiba32k.py:gpu8 --target gpu:h100:8x1` (or `:v5p64 --
 tpu:v5p:4x4x2`) compiles the step for the target and estimates it.
 """
 
+from lmsgd.config import base_config
+
 VARIANTS = {
     # name: (accumulation_steps, ghost batch, mesh_shape, all-reduce algorithm)
     "pod": (1, 0, None, "flat"),
     "gpu8": (16, 32, None, "flat"),
     "v5p64": (4, 32, None, "flat"),
 }
-
-from lmsgd.config import base_config
 
 
 def get_config(variant: str = "pod"):
