@@ -257,15 +257,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # Alternating rounds: load from other processes on a shared machine hits every optimizer
     # alike, so the ratios hold even where absolute times drift.
     times: dict[str, list[float]] = {name: [] for name in calls}
+    faults = dict.fromkeys(calls, 0)
     for round_ in range(rounds):
         for name, (call, _) in calls.items():
+            if round_ == 0:
+                for _ in range(2):  # warm-up, outside the page-fault count
+                    common.block(call())
+            before = common.minor_page_faults()
             times[name] += common.time_calls(
                 call,
-                warmup=2 if round_ == 0 else 1,
+                warmup=0,
                 reps=max(1, reps // rounds),
                 min_seconds=min_seconds / rounds,
                 max_reps=max(reps, 200),
             )
+            faults[name] += common.minor_page_faults() - before
     for name, (_, box) in calls.items():
         if not all(bool(jax.numpy.isfinite(x).all()) for x in jax.tree.leaves(box["p"])):
             raise FloatingPointError(f"{name}: non-finite parameters")
@@ -275,6 +281,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             update_s_min=min(times[name]),
             reps=len(times[name]),
             effective_bytes_per_s=results[name]["xla_bytes_accessed"] / t,
+            minor_page_faults_per_update=faults[name] / len(times[name]),
         )
     del calls
     rw = results["rmsprop_warmup"]
@@ -329,6 +336,7 @@ def print_table(record: dict[str, Any]) -> None:
                 r["scalar_leaves"],
                 common.human_bytes(r["update_only_temp_bytes"]),
                 common.human_bytes(r["memory"].get("temp", 0)),
+                r["minor_page_faults_per_update"],
             ]
         )
     print(
@@ -347,13 +355,15 @@ def print_table(record: dict[str, Any]) -> None:
                 "scalars",
                 "temp update",
                 "temp +apply",
+                "minflt/update",
             ],
         )  # fmt: skip
     )
     print(
         "B/param: XLA cost analysis bytes accessed per parameter of tx.update alone and of the "
         "timed update (+ optax.apply_updates, donated); floor: read gradient and state (and "
-        "parameters), write state and step (or parameters) once"
+        "parameters), write state and step (or parameters) once; minflt/update: minor page "
+        "faults per timed update (getrusage)"
     )
     print(
         f"stock composition == rmsprop_warmup over {eq['steps']} steps: max relative update "

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import resource
 import time
 from typing import Any
 
@@ -272,9 +271,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         order = variants if r % 2 == 0 else variants[::-1]
         for v in order:
             b = built[v]
-            faults = _minor_faults()
+            faults = common.minor_page_faults()
             b["times"] += common.time_calls(lambda b=b: one_step(b), warmup=0, reps=count)
-            b["minor_faults"] += _minor_faults() - faults
+            b["minor_faults"] += common.minor_page_faults() - faults
 
     compute_dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     peak = measure_peak(
@@ -427,8 +426,3 @@ def print_table(record: dict[str, Any]) -> None:
             "over parameter bytes; minflt/step = minor page faults per timed step (whole "
             "process, getrusage)"
         )
-
-
-def _minor_faults() -> int:
-    """Minor page faults of this process so far (``ru_minflt``; XLA's threads included)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
