@@ -161,6 +161,8 @@ def rmsprop_warmup(
             # eta = 0: the step is the eta -> 0+ limit -eta_rms (1 - alpha) r. It takes its own
             # sqrt: sharing the one in Delta_t would make XLA keep sqrt(m_t) (or r) as a
             # parameter-sized buffer, as it never duplicates an expensive op into two loops.
+            # m >= 0, so maximum(m, 0) is m (NaN included); it only keeps XLA's CSE from
+            # merging the two sqrt ops back into one.
             limit = -c * jnp.clip(g32 / (jnp.sqrt(jnp.maximum(m, 0.0)) + eps), -bound, bound)
             return jnp.where(positive, e * delta, limit), m, delta.astype(d.dtype)
 
