@@ -23,6 +23,7 @@ def test_step_suite_smallest_setting(tmp_path, capsys):
     record = main(["step", *TINY, "--results_dir", str(tmp_path)])
     out = capsys.readouterr().out
     assert "ours / baseline" in out and "MFU" in out and "mem/dev" in out
+    assert "minflt/step" in out and "parameter-sized buffers" in out
     files = list(tmp_path.glob("bench_step_*.json"))
     assert len(files) == 1 and record["suite"] == "step"
     saved = json.loads(files[0].read_text())
@@ -35,7 +36,7 @@ def test_step_suite_smallest_setting(tmp_path, capsys):
     assert config["num_classes"] == 10 and config["mesh_shape"] == [8]
 
     assert _positive(saved["peak"]["peak_flops_per_s_total"])
-    assert set(saved["results"]) == {"ours", "baseline"}
+    assert set(saved["results"]) == {"ours", "baseline", "baseline_nodonate"}
     for r in saved["results"].values():
         for key in (
             "lower_s", "compile_s", "step_s_median", "images_per_s", "images_per_s_per_device",
@@ -47,7 +48,17 @@ def test_step_suite_smallest_setting(tmp_path, capsys):
         assert len(r["step_s_all"]) == 2
         assert r["model_flops_per_step_global"] == 8 * r["model_flops_per_step_per_device"]
         assert math.isfinite(r["final_loss"])
+        assert r["minor_faults_per_step"] >= 0
+        assert r["temp_param_buffers"] == r["temp_bytes_per_device"] / saved["param_bytes"]
     ours, base = saved["results"]["ours"], saved["results"]["baseline"]
+    undonated = saved["results"]["baseline_nodonate"]
+    # Equal programs but for donation: without it, the new state cannot reuse the old one's
+    # buffers, so the step holds more memory (arguments and outputs both counted).
+    assert undonated["memory_per_device"]["alias"] == 0 < base["memory_per_device"]["alias"]
+    assert undonated["memory_bytes_per_device"] > base["memory_bytes_per_device"]
+    assert saved["param_bytes"] == 4 * ours["num_params"]
+    assert math.isfinite(saved["ours_minus_baseline_temp_param_buffers"])
+    assert _positive(saved["ours_over_baseline_compile"])
     assert ours["num_params"] == base["num_params"]
     # Ours: one fused gradient all-reduce (+ the pooled statistics), nothing per layer;
     # the baseline's partitioner all-reduces every normalization layer's moments.

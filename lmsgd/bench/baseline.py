@@ -135,11 +135,15 @@ def baseline_optimizer(learning_rate, weight_decay: float = 1e-4) -> optax.Gradi
     )
 
 
-def make_baseline_train_step(model, tx: optax.GradientTransformation, mesh: Mesh):
-    """Plain-jit data-parallel train step ``(state, batch) -> (state, metrics)``, state donated.
+def make_baseline_train_step(
+    model, tx: optax.GradientTransformation, mesh: Mesh, *, donate: bool = True
+):
+    """Plain-jit data-parallel train step ``(state, batch) -> (state, metrics)``.
 
     Same signature and metrics as :func:`lmsgd.step.make_train_step`; the batch is global and
-    sharded over the mesh, and everything else is left to the partitioner.
+    sharded over the mesh, and everything else is left to the partitioner. ``donate``: donate
+    the state (as ours does); the Flax ImageNet example does not, so ``donate=False`` is that
+    example's memory behaviour (a fresh state every step, the old one freed afterwards).
     """
 
     def train_step(state: TrainState, batch):
@@ -170,5 +174,5 @@ def make_baseline_train_step(model, tx: optax.GradientTransformation, mesh: Mesh
         train_step,
         in_shardings=(replicated(mesh), batch_sharding(mesh)),
         out_shardings=(replicated(mesh), replicated(mesh)),
-        donate_argnums=(0,),
+        donate_argnums=(0,) if donate else (),
     )

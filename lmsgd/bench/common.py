@@ -147,6 +147,17 @@ def time_calls(
     return times
 
 
+def minor_page_faults() -> int:
+    """Minor page faults of this process so far (``ru_minflt``; all threads, XLA's included).
+
+    On XLA:CPU a program's temporaries are allocated per call; buffers above glibc's mmap
+    threshold are fresh mappings that fault page by page on first touch (docs/performance.md).
+    """
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs))
 

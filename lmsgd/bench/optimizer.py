@@ -12,7 +12,11 @@ jitted update (``tx.update`` + ``optax.apply_updates``, parameters and state don
 * ``sgd_momentum``: ``optax.sgd(momentum=0.9)``, the plain baseline.
 
 State bytes are reported against parameter bytes; ``rmsprop_warmup`` must hold exactly two
-parameter-sized buffers (m and Delta) plus a step counter. Prints a table and writes JSON to
+parameter-sized buffers (m and Delta) plus a step counter. Memory traffic is XLA's cost
+analysis ("bytes accessed") per parameter, of ``tx.update`` alone and of the timed update
+(``+ apply_updates``), next to its floor: every state buffer and the gradient read once, every
+state buffer and the step (or the parameters) written once, e.g. 24 and 28 bytes per float32
+parameter for the two buffers of RMSprop warm-up. Prints a table and writes JSON to
 ``--results_dir``.
 """
 
@@ -33,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="resnet50", help="parameter shapes of this model")
     parser.add_argument("--reps", type=int, default=None, help="minimum timed updates")
     parser.add_argument("--min_seconds", type=float, default=None)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="optimizers alternate in this many timed rounds"
+    )
     parser.add_argument("--check_steps", type=int, default=CHECK_STEPS)
     common.add_common_arguments(parser)
 
@@ -96,6 +103,14 @@ def optimizers(steps_per_epoch: float = 1.0) -> dict[str, Any]:
         ),
         "sgd_momentum": (optax.sgd(lr, momentum=0.9), "optax.sgd(momentum=0.9) baseline"),
     }
+
+
+def traffic_floor(state_buffers: int, param_bytes: int = 4) -> dict[str, int]:
+    """Fewest bytes per parameter an update can move: read the gradient and each state buffer,
+    write each state buffer and the step (``update``); with ``apply_updates`` also read the
+    parameter, and write the parameter instead of the step (``update_and_apply``)."""
+    update = (1 + state_buffers) * param_bytes + (state_buffers + 1) * param_bytes
+    return {"update": update, "update_and_apply": update + param_bytes}
 
 
 def check_equivalence(shapes, steps: int = CHECK_STEPS, rtol: float = 1e-5) -> dict[str, Any]:
@@ -191,7 +206,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from lmsgd.bench.allreduce import model_shapes
 
-    reps = args.reps or (5 if args.quick else 20)
+    reps = args.reps or (6 if args.quick else 30)
+    rounds = max(1, min(args.rounds, reps))
     min_seconds = args.min_seconds if args.min_seconds is not None else (
         0.5 if args.quick else 3.0
     )  # fmt: skip
@@ -199,7 +215,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     equivalence = check_equivalence(shapes, steps=args.check_steps)
 
     grads = common.random_tree(shapes, 2, 1e-2)
-    results = {}
+    elements = sum(math.prod(s) for s in shapes.values())
+    results, calls = {}, {}
     for name, (tx, description) in optimizers().items():
 
         def update(params, opt_state, grads, tx=tx):
@@ -211,31 +228,62 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         info = state_bytes(opt_state, params)
         fn = jax.jit(update, donate_argnums=(0, 1))
         compiled = fn.lower(params, opt_state, grads).compile()
+        # tx.update alone: the figure comparable with the update's own floor.
+        update_only = jax.jit(tx.update).lower(grads, opt_state, params).compile()
+        update_cost = common.compiled_cost(update_only)
+        update_memory = common.compiled_memory(update_only)
+        del update_only
         box = {"p": params, "s": opt_state}
 
         def call(box=box, compiled=compiled):
             box["p"], box["s"] = compiled(box["p"], box["s"], grads)
             return box["p"]
 
-        times = common.time_calls(
-            call, warmup=2, reps=reps, min_seconds=min_seconds, max_reps=max(reps, 200)
-        )
-        t = common.median(times)
+        calls[name] = (call, box)
         cost = common.compiled_cost(compiled)
-        if not all(bool(jax.numpy.isfinite(x).all()) for x in jax.tree.leaves(box["p"])):
-            raise FloatingPointError(f"{name}: non-finite parameters")
         results[name] = {
             "description": description,
             **info,
-            "update_s_median": t,
-            "update_s_min": min(times),
-            "reps": len(times),
             "xla_bytes_accessed": cost["bytes_accessed"],
             "xla_flops": cost["flops"],
-            "effective_bytes_per_s": cost["bytes_accessed"] / t,
             "memory": common.compiled_memory(compiled),
+            "update_only_bytes_accessed": update_cost["bytes_accessed"],
+            "update_only_temp_bytes": update_memory.get("temp", 0),
+            "bytes_per_param_update": update_cost["bytes_accessed"] / elements,
+            "bytes_per_param_update_and_apply": cost["bytes_accessed"] / elements,
+            "floor_bytes_per_param": traffic_floor(info["param_sized_buffers"]),
         }
-        del box, params, opt_state
+        del params, opt_state
+    # Alternating rounds: load from other processes on a shared machine hits every optimizer
+    # alike, so the ratios hold even where absolute times drift.
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    faults = dict.fromkeys(calls, 0)
+    for round_ in range(rounds):
+        for name, (call, _) in calls.items():
+            if round_ == 0:
+                for _ in range(2):  # warm-up, outside the page-fault count
+                    common.block(call())
+            before = common.minor_page_faults()
+            times[name] += common.time_calls(
+                call,
+                warmup=0,
+                reps=max(1, reps // rounds),
+                min_seconds=min_seconds / rounds,
+                max_reps=max(reps, 200),
+            )
+            faults[name] += common.minor_page_faults() - before
+    for name, (_, box) in calls.items():
+        if not all(bool(jax.numpy.isfinite(x).all()) for x in jax.tree.leaves(box["p"])):
+            raise FloatingPointError(f"{name}: non-finite parameters")
+        t = common.median(times[name])
+        results[name].update(
+            update_s_median=t,
+            update_s_min=min(times[name]),
+            reps=len(times[name]),
+            effective_bytes_per_s=results[name]["xla_bytes_accessed"] / t,
+            minor_page_faults_per_update=faults[name] / len(times[name]),
+        )
+    del calls
     rw = results["rmsprop_warmup"]
     if rw["param_sized_buffers"] != 2 or rw["array_state_over_param_bytes"] != 2.0:
         raise AssertionError(
@@ -243,19 +291,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     for r in results.values():
         r["time_vs_rmsprop_warmup"] = r["update_s_median"] / rw["update_s_median"]
-    elements = sum(math.prod(s) for s in shapes.values())
     config = {
         "model": args.model,
         "param_elements": elements,
         "param_tensors": len(shapes),
         "param_dtype": "float32",
         "reps": reps,
+        "rounds": rounds,
         "min_seconds": min_seconds,
         "quick": bool(args.quick),
         "device": str(jax.devices()[0]),
         "notes": "one update = tx.update + optax.apply_updates, jitted, params and state "
-        "donated, on one device; schedules: slow_start(1.6, boundaries 2/4/6 steps), "
-        "alpha_sgd(beta_center=3, beta_period=4 steps)",
+        "donated, on one device; optimizers alternate in `rounds` timed rounds; schedules: "
+        "slow_start(1.6, boundaries 2/4/6 steps), alpha_sgd(beta_center=3, beta_period=4 steps)",
     }
     record = common.new_record("optimizer", devices[:1], config)
     record["equivalence"] = equivalence
@@ -278,12 +326,17 @@ def print_table(record: dict[str, Any]) -> None:
                 name,
                 r["update_s_median"] * 1e3,
                 r["time_vs_rmsprop_warmup"],
+                f"{r['bytes_per_param_update']:.0f} / {r['floor_bytes_per_param']['update']}",
+                f"{r['bytes_per_param_update_and_apply']:.0f} / "
+                f"{r['floor_bytes_per_param']['update_and_apply']}",
                 r["effective_bytes_per_s"] / 1e9,
                 common.human_bytes(r["state_bytes"]),
                 r["state_over_param_bytes"],
                 r["param_sized_buffers"],
                 r["scalar_leaves"],
+                common.human_bytes(r["update_only_temp_bytes"]),
                 common.human_bytes(r["memory"].get("temp", 0)),
+                r["minor_page_faults_per_update"],
             ]
         )
     print(
@@ -293,14 +346,24 @@ def print_table(record: dict[str, Any]) -> None:
                 "optimizer",
                 "update ms",
                 "vs ours",
+                "B/param update / floor",
+                "+apply / floor",
                 "GB/s (XLA bytes)",
                 "state",
                 "state/params",
                 "param-sized bufs",
                 "scalars",
-                "XLA temp",
+                "temp update",
+                "temp +apply",
+                "minflt/update",
             ],
         )  # fmt: skip
+    )
+    print(
+        "B/param: XLA cost analysis bytes accessed per parameter of tx.update alone and of the "
+        "timed update (+ optax.apply_updates, donated); floor: read gradient and state (and "
+        "parameters), write state and step (or parameters) once; minflt/update: minor page "
+        "faults per timed update (getrusage)"
     )
     print(
         f"stock composition == rmsprop_warmup over {eq['steps']} steps: max relative update "

@@ -8,7 +8,13 @@ in the compute dtype on every device at once), peak device memory of the compile
 the collectives XLA compiled into it. "ours" is ``lmsgd.step.make_train_step`` with the paper's
 optimizer (weight decay + rmsprop_warmup, slow start); "baseline" is
 ``lmsgd.bench.baseline`` (plain jit, flax nn.BatchNorm with moving averages, optax sgd with
-momentum), same architecture. Prints a table and writes JSON to ``--results_dir``.
+momentum), same architecture, timed with its state donated ("baseline") and not donated
+("baseline_nodonate", as the Flax ImageNet example runs), so ours is compared at equal
+donation. Per variant it also reports minor page faults per step (``ru_minflt`` of
+``resource.getrusage`` around the timed steps: on XLA:CPU, freshly mapped temporaries fault
+page by page, a cost that depends on the host allocator, see docs/performance.md) and the
+temporaries of the compiled step against the donated baseline's, in parameter-sized buffers.
+Prints a table and writes JSON to ``--results_dir``.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ from lmsgd.bench import common
 IMAGENET_TRAIN_IMAGES = 1_281_167
 VARIANTS = {
     "ours": "lmsgd shard_map step: per-device BN stats, rmsprop_warmup, explicit all-reduce",
-    "baseline": "plain jit + NamedSharding, flax nn.BatchNorm (EMA), optax sgd momentum 0.9",
+    "baseline": "plain jit + NamedSharding, flax nn.BatchNorm (EMA), optax sgd momentum 0.9, "
+    "state donated",
+    "baseline_nodonate": "the same without donation (as the Flax ImageNet example)",
 }
 
 
@@ -188,7 +196,7 @@ def _build(variant: str, s: dict, args, mesh, n: int):
             allreduce_algorithm=args.allreduce_algorithm, allreduce_dtype=args.allreduce_dtype,
             allreduce_fuse=args.allreduce_fuse,
         )  # fmt: skip
-    else:
+    else:  # baseline, baseline_nodonate
         model = baseline.create_baseline_model(
             s["model"], num_classes=s["num_classes"], dtype=args.dtype,
             width_multiplier=args.width_multiplier,
@@ -196,7 +204,7 @@ def _build(variant: str, s: dict, args, mesh, n: int):
         # Same learning-rate schedule object as ours, stock SGD with momentum.
         btx = baseline.baseline_optimizer(schedules["learning_rate"])
         state = baseline.create_baseline_state(model, btx, rng, image_shape, mesh)
-        fn = baseline.make_baseline_train_step(model, btx, mesh)
+        fn = baseline.make_baseline_train_step(model, btx, mesh, donate=variant == "baseline")
     return fn, state, batch, count_params(state.params)
 
 
@@ -218,7 +226,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         shape = tuple(int(x) for x in args.mesh_shape.split(",")) if args.mesh_shape else (n,)
     mesh = create_mesh(shape, devices=devices)
     global_batch = s["per_device_batch"] * n
-    variants = ["ours"] if args.no_baseline else ["ours", "baseline"]
+    variants = ["ours"] if args.no_baseline else ["ours", "baseline", "baseline_nodonate"]
 
     built: dict[str, dict[str, Any]] = {}
     for v in variants:
@@ -231,6 +239,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         collectives = describe_collectives(compiled)
         built[v] = {
             "compiled": compiled, "state": state, "batch": batch, "times": [],
+            "minor_faults": 0,
             "result": {
                 "description": VARIANTS[v],
                 "num_params": num_params,
@@ -262,12 +271,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         order = variants if r % 2 == 0 else variants[::-1]
         for v in order:
             b = built[v]
+            faults = common.minor_page_faults()
             b["times"] += common.time_calls(lambda b=b: one_step(b), warmup=0, reps=count)
+            b["minor_faults"] += common.minor_page_faults() - faults
 
     compute_dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     peak = measure_peak(
         devices, s["peak_matmul_size"], compute_dtype, min_seconds=0.2 if args.quick else 1.0
     )
+    # float32 parameters: a "parameter-sized buffer" (a gradient, one optimizer state buffer).
+    param_bytes = 4 * built["ours"]["result"]["num_params"]
     results = {}
     for v, b in built.items():
         r = b["result"]
@@ -292,6 +305,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "images_per_s_best": global_batch / times[0],
                 "memory_bytes_per_device": r["memory_per_device"].get("total_bytes", 0),
                 "temp_bytes_per_device": r["memory_per_device"].get("temp", 0),
+                "temp_param_buffers": r["memory_per_device"].get("temp", 0) / param_bytes,
+                "minor_faults_per_step": b["minor_faults"] / len(times),
                 "final_loss": loss,
             }
         )
@@ -326,6 +341,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         record["ours_over_baseline_memory"] = results["ours"]["memory_bytes_per_device"] / max(
             1, results["baseline"]["memory_bytes_per_device"]
         )
+        ours, base = results["ours"], results["baseline"]
+        record["param_bytes"] = param_bytes
+        # Targets of issue 16: temporaries <= the donated baseline's + one parameter-sized
+        # buffer; compile (lower + compile) <= 1.2x the baseline's.
+        record["ours_minus_baseline_temp_param_buffers"] = (
+            ours["temp_bytes_per_device"] - base["temp_bytes_per_device"]
+        ) / param_bytes
+        record["ours_over_baseline_compile"] = (ours["lower_s"] + ours["compile_s"]) / (
+            base["lower_s"] + base["compile_s"]
+        )
     print_table(record)
     record["json_path"] = common.write_record(record, args.results_dir, "step")
     return record
@@ -359,7 +384,9 @@ def print_table(record: dict[str, Any]) -> None:
                 f"{100 * r['mfu']:.1f}%",
                 common.human_bytes(r["memory_bytes_per_device"]),
                 common.human_bytes(r["temp_bytes_per_device"]),
+                r["temp_param_buffers"],
                 common.human_bytes(r["cost_per_device"]["bytes_accessed"]),
+                r["minor_faults_per_step"],
             ]
         )
     print(
@@ -377,7 +404,9 @@ def print_table(record: dict[str, Any]) -> None:
                 "MFU",
                 "mem/dev",
                 "temp/dev",
+                "temp/params",
                 "bytes accessed/dev",
+                "minflt/step",
             ],
         )  # fmt: skip
     )
@@ -387,5 +416,13 @@ def print_table(record: dict[str, Any]) -> None:
     if "ours_over_baseline_images_per_s" in record:
         print(
             f"ours / baseline: {record['ours_over_baseline_images_per_s']:.2f}x images/s, "
-            f"{record['ours_over_baseline_memory']:.2f}x memory per device"
+            f"{record['ours_over_baseline_memory']:.2f}x memory per device, "
+            f"{record['ours_over_baseline_compile']:.2f}x compile time (lower + compile)"
+        )
+        print(
+            "temporaries per device, ours - donated baseline: "
+            f"{record['ours_minus_baseline_temp_param_buffers']:+.2f} parameter-sized buffers "
+            f"({common.human_bytes(record['param_bytes'])} each); temp/params = temporaries "
+            "over parameter bytes; minflt/step = minor page faults per timed step (whole "
+            "process, getrusage)"
         )

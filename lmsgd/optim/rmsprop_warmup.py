@@ -14,22 +14,35 @@ part included, is scaled by the new eta.
 
 Numerics when eta is 0 or tiny
 ------------------------------
-``alpha_rmsprop`` divides by eta, so the RMSprop part of ``Delta`` grows like ``1 / eta``. We
-never form ``eta * (x / eta)``; the returned update is computed directly as::
+``alpha_rmsprop`` divides by eta, so the RMSprop part of ``Delta`` grows like ``1 / eta``. For
+eta > 0 the returned update is formed as ``eta * Delta_t`` from the new Delta, i.e. as
+``eta * (x / eta)`` for the RMSprop part: that costs at most a few float32 ulps against
+``-(1 - alpha_sgd) * eta_rmsprop * g / (sqrt(m_t) + eps)`` written out, and lets the update read
+only the new Delta (one loop over memory fewer; see "Memory traffic" below). At exactly
+eta = 0 the update is the eta -> 0+ limit, computed without 1 / eta::
 
-    eta * Delta_t = eta * mu1 * Delta_{t-1} - alpha_sgd * eta * g_t
-                    - (1 - alpha_sgd) * eta_rmsprop * g_t / (sqrt(m_t) + eps)
+    eta * Delta_t -> -(1 - alpha_sgd) * eta_rmsprop * g_t / (sqrt(m_t) + eps)
 
-which equals ``eta_t * Delta_t`` in exact arithmetic and is finite for every eta >= 0 (it is
-the eta -> 0+ limit at eta = 0, so the RMSprop step stays "independent of eta" as PAPER.md
-says). At exactly eta = 0 the RMSprop part of the velocity has no finite value in units of
-eta, so we store ``Delta_t = mu1 * Delta_{t-1} - alpha_sgd * g_t``: that step's RMSprop move is
-applied to the parameters but not carried as momentum into later steps. For tiny positive eta
-the state stays finite as long as ``eta_rmsprop / eta`` does (``|g| / sqrt(m) <= 1 /
-sqrt(1 - mu2)`` bounds the rest): with eta_rmsprop = 3e-4 in float32, |Delta| <= 0.03 / eta,
-finite for every eta above the smallest normal float32 (~1.2e-38).
+so the RMSprop step stays "independent of eta" as PAPER.md says. At eta = 0 the RMSprop part
+of the velocity has no finite value in units of eta, so we store
+``Delta_t = mu1 * Delta_{t-1} - alpha_sgd * g_t``: that step's RMSprop move is applied to the
+parameters but not carried as momentum into later steps. For tiny positive eta the state stays
+finite as long as ``eta_rmsprop / eta`` does (``|g| / sqrt(m) <= 1 / sqrt(1 - mu2)`` bounds the
+rest): with eta_rmsprop = 3e-4 in float32, |Delta| <= 0.03 / eta, finite for every eta above
+the smallest normal float32 (~1.2e-38).
 Note that a tiny eta followed by a large one amplifies the stored RMSprop velocity by their
 ratio; that is a property of the paper's formulation (relevant only for warm-ups from ~0).
+
+Memory traffic
+--------------
+Per float32 parameter an update must read g, m, Delta and write m, Delta and the step: 24
+bytes. XLA:CPU fuses elementwise code into loops with one output each, so it needs three loops
+per tensor: m_t (reads g, m), Delta_t (reads g, m_t, Delta) and the step (reads Delta_t, plus
+g and m_t for the eta = 0 limit): 44 bytes per parameter by XLA's cost analysis, no
+parameter-sized temporary. (``python -m lmsgd.bench optimizer`` prints the figures; the same
+update from stock optax parts, which has no eta = 0 case, is 36.) Sharing any expensive
+intermediate (``sqrt(m)``, the RMSprop direction) between two of those loops makes XLA keep it
+as a parameter-sized buffer and adds a loop, which is why the code below computes them twice.
 
 Very large gradients: in float32 ``g^2`` overflows above ~1.8e19. We saturate ``g^2`` at half
 the dtype's maximum (so ``m`` stays finite) and clip ``g / (sqrt(m) + eps)`` to its exact
@@ -122,10 +135,8 @@ def rmsprop_warmup(
         eta = _evaluate(learning_rate, state.count)
         alpha = _evaluate(alpha_sgd, state.count)
         eta_rms = _evaluate(rmsprop_learning_rate, state.count)
-        # 1 / eta where eta > 0, else 0 (drops the unrepresentable RMSprop velocity at eta = 0).
-        positive = eta > 0
-        inv_eta = jnp.where(positive, 1.0 / jnp.where(positive, eta, 1.0), 0.0)
         rms_coeff = (1.0 - alpha) * eta_rms  # = alpha_rmsprop * eta
+        bound = 1.0 / math.sqrt(1.0 - decay)
 
         def new_m(g, m):
             # Saturate g^2 (inf above ~1.8e19 in float32) at half the dtype's maximum so that
@@ -133,37 +144,38 @@ def rmsprop_warmup(
             square = jnp.square(g.astype(m.dtype))
             return decay * m + (1.0 - decay) * jnp.minimum(square, jnp.finfo(m.dtype).max / 2)
 
-        def coefficients(m):
-            # Scalars are cast to the leaf's compute dtype so float64 schedules (x64 mode) do
-            # not silently promote float32 state.
-            cd = m.dtype
-            return eta.astype(cd), alpha.astype(cd), rms_coeff.astype(cd), inv_eta.astype(cd)
-
         def rms_direction(g, m):
             # Exactly, m_t >= (1 - mu2) g_t^2, so |g| / sqrt(m) <= 1 / sqrt(1 - mu2). Clipping to
             # that bound changes nothing in range and restores it where g^2 saturated above.
-            bound = 1.0 / math.sqrt(1.0 - decay)
-            return jnp.clip(g.astype(m.dtype) / (jnp.sqrt(m) + eps), -bound, bound)
+            return jnp.clip(g / (jnp.sqrt(m) + eps), -bound, bound)
 
         def leaf_update(g, m, d):
-            # One pass per tensor (one fused loop): m_t, the step eta * Delta_t and Delta_t.
             m = new_m(g, m)
-            e, a, c, inv_e = coefficients(m)
-            g32, d32 = g.astype(m.dtype), d.astype(m.dtype)
-            r = rms_direction(g32, m)
-            delta = momentum * d32 - a * g32 - (c * inv_e) * r
-            # The step eta * Delta_t reads only the new Delta (so Delta updates in place, one
-            # pass); at eta = 0 it is the limit -eta_rms (1 - alpha) r, with no 1 / eta.
-            step = jnp.where(e > 0, e * delta, -c * r)
-            return step, m, delta.astype(d.dtype)
+            cd = m.dtype  # float64 schedules (x64 mode) must not promote float32 state
+            e, a, c = eta.astype(cd), alpha.astype(cd), rms_coeff.astype(cd)
+            positive = e > 0
+            # 1 / eta where eta > 0, else 0 (drops the unrepresentable RMSprop velocity at 0).
+            inv_e = jnp.where(positive, 1.0 / jnp.where(positive, e, 1.0), 0.0)
+            g32, d32 = g.astype(cd), d.astype(cd)
+            delta = momentum * d32 - a * g32 - (c * inv_e) * rms_direction(g32, m)
+            # eta = 0: the step is the eta -> 0+ limit -eta_rms (1 - alpha) r. It takes its own
+            # sqrt: sharing the one in Delta_t would make XLA keep sqrt(m_t) (or r) as a
+            # parameter-sized buffer, as it never duplicates an expensive op into two loops.
+            # m >= 0, so maximum(m, 0) is m (NaN included); it only keeps XLA's CSE from
+            # merging the two sqrt ops back into one.
+            limit = -c * jnp.clip(g32 / (jnp.sqrt(jnp.maximum(m, 0.0)) + eps), -bound, bound)
+            return jnp.where(positive, e * delta, limit), m, delta.astype(d.dtype)
 
-        out = jax.tree.map(leaf_update, updates, state.m, state.delta)
-        is_triple = lambda x: isinstance(x, tuple) and len(x) == 3
-        steps, m, delta = (
-            jax.tree.map(lambda t, i=i: t[i], out, is_leaf=is_triple) for i in range(3)
-        )
+        steps, m, delta = _unzip3(jax.tree.map(leaf_update, updates, state.m, state.delta), updates)
         steps = optax.tree_utils.tree_cast_like(steps, updates)
         count = optax.safe_increment(state.count)
         return steps, RMSpropWarmupState(count=count, m=m, delta=delta)
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _unzip3(tree_of_triples: Any, like: Any) -> tuple[Any, Any, Any]:
+    """A tree whose leaves are 3-tuples (shaped like ``like``) -> three trees."""
+    treedef = jax.tree.structure(like)
+    leaves = treedef.flatten_up_to(tree_of_triples)
+    return tuple(treedef.unflatten([t[i] for t in leaves]) for i in range(3))
