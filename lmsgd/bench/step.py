@@ -63,6 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--peak_matmul_size", type=int, default=None, help="N of the NxN peak matmul per device"
     )
+    parser.add_argument(
+        "--accumulation_steps",
+        type=int,
+        default=1,
+        help="ours runs K micro-batches of --per_device_batch per device per step (one "
+        "all-reduce, one update); the baselines run one",
+    )
     parser.add_argument("--no_baseline", action="store_true", help="time our step only")
     common.add_common_arguments(parser)
 
@@ -166,10 +173,12 @@ def _build(variant: str, s: dict, args, mesh, n: int):
     import jax.numpy as jnp
 
     from lmsgd.bench import baseline
-    from lmsgd.models import count_params, create_model
+    from lmsgd.config import base_config, validate_config
+    from lmsgd.data import get_dataset_info
+    from lmsgd.models import count_params
     from lmsgd.optim import create_optimizer, default_optimizer_config
     from lmsgd.parallel import batch_sharding
-    from lmsgd.step import create_train_state, make_train_step
+    from lmsgd.run import assemble
 
     global_batch = s["per_device_batch"] * n
     steps_per_epoch = max(1, math.ceil(IMAGENET_TRAIN_IMAGES / global_batch))
@@ -185,16 +194,25 @@ def _build(variant: str, s: dict, args, mesh, n: int):
         global_batch, s["image_size"], s["num_classes"], jnp.dtype(args.dtype),
         batch_sharding(mesh),
     )  # fmt: skip
-    if variant == "ours":
-        model = create_model(
-            s["model"], num_classes=s["num_classes"], dtype=args.dtype,
-            width_multiplier=args.width_multiplier, bn_group_size=1,
+    if variant == "ours":  # through the driver's own set-up (lmsgd.run)
+        k = args.accumulation_steps
+        config = base_config()
+        config.update_from_flattened_dict(
+            {"global_batch_size": global_batch * k, "accumulation_steps": k, "num_epochs": 90.0,
+             "model.name": s["model"], "model.num_classes": s["num_classes"],
+             "model.dtype": args.dtype, "model.width_multiplier": args.width_multiplier,
+             "data.name": "synthetic", "data.image_size": s["image_size"],
+             "data.num_classes": s["num_classes"],
+             "data.num_train_examples": IMAGENET_TRAIN_IMAGES,
+             "allreduce.algorithm": args.allreduce_algorithm,
+             "allreduce.dtype": args.allreduce_dtype, "allreduce.fuse": args.allreduce_fuse}
         )  # fmt: skip
-        state = create_train_state(model, tx, rng, image_shape, mesh)
-        fn = make_train_step(
-            model, tx, mesh, schedules=schedules,
-            allreduce_algorithm=args.allreduce_algorithm, allreduce_dtype=args.allreduce_dtype,
-            allreduce_fuse=args.allreduce_fuse,
+        validate_config(config)
+        run = assemble(config, mesh, get_dataset_info(config.data))
+        state, fn = run.init_state(), run.train_step()
+        batch = _synthetic_batch(
+            global_batch * k, s["image_size"], s["num_classes"], jnp.dtype(args.dtype),
+            batch_sharding(mesh),
         )  # fmt: skip
     else:  # baseline, baseline_nodonate
         model = baseline.create_baseline_model(
@@ -205,7 +223,7 @@ def _build(variant: str, s: dict, args, mesh, n: int):
         btx = baseline.baseline_optimizer(schedules["learning_rate"])
         state = baseline.create_baseline_state(model, btx, rng, image_shape, mesh)
         fn = baseline.make_baseline_train_step(model, btx, mesh, donate=variant == "baseline")
-    return fn, state, batch, count_params(state.params)
+    return fn, state, batch, count_params(state.params), batch["label"].shape[0]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -230,7 +248,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     built: dict[str, dict[str, Any]] = {}
     for v in variants:
-        fn, state, batch, num_params = _build(v, s, args, mesh, n)
+        fn, state, batch, num_params, images_per_step = _build(v, s, args, mesh, n)
         t0 = time.perf_counter()
         lowered = fn.lower(state, batch)
         t1 = time.perf_counter()
@@ -239,13 +257,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         collectives = describe_collectives(compiled)
         built[v] = {
             "compiled": compiled, "state": state, "batch": batch, "times": [],
+            "images_per_step": images_per_step,
             "minor_faults": 0,
             "result": {
                 "description": VARIANTS[v],
                 "num_params": num_params,
                 "lower_s": t1 - t0,
                 "compile_s": t2 - t1,
-                "cost_per_device": common.compiled_cost(compiled),
+                # XLA counts the micro-batch loop body once: x K (see lmsgd.plan)
+                "cost_per_device": {
+                    key: value * (args.accumulation_steps if v == "ours" else 1)
+                    for key, value in common.compiled_cost(compiled).items()
+                },
                 "memory_per_device": common.compiled_memory(compiled),
                 "collectives_compiled": summarize_collectives(collectives),
                 "collectives_lowered": summarize_collectives(describe_collectives(lowered)),
@@ -296,13 +319,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "step_s_min": times[0],
                 "step_s_max": times[-1],
                 "step_s_all": times,
-                "images_per_s": global_batch / step_s,
-                "images_per_s_per_device": global_batch / step_s / n,
+                "images_per_step": b["images_per_step"],
+                "images_per_s": b["images_per_step"] / step_s,
+                "images_per_s_per_device": b["images_per_step"] / step_s / n,
                 "model_flops_per_step_per_device": flops_dev,
                 "model_flops_per_step_global": flops_dev * n,
                 "achieved_flops_per_s_global": flops_dev * n / step_s,
                 "mfu": flops_dev * n / step_s / peak["peak_flops_per_s_total"],
-                "images_per_s_best": global_batch / times[0],
+                "images_per_s_best": b["images_per_step"] / times[0],
                 "memory_bytes_per_device": r["memory_per_device"].get("total_bytes", 0),
                 "temp_bytes_per_device": r["memory_per_device"].get("temp", 0),
                 "temp_param_buffers": r["memory_per_device"].get("temp", 0) / param_bytes,
@@ -316,6 +340,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "devices": n,
         "mesh_shape": list(mesh.devices.shape),
         "global_batch": global_batch,
+        "accumulation_steps": args.accumulation_steps,
         "dtype": args.dtype,
         "allreduce_dtype": args.allreduce_dtype,
         "allreduce_algorithm": args.allreduce_algorithm,
