@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -150,7 +151,7 @@ def test_nan_loss_stops_without_saving_the_bad_state(tmp_path):
                             "optimizer.base_learning_rate": 1e30})  # fmt: skip
     with pytest.raises(NonFiniteLossError, match=r"at step \d+.*Last good checkpoint") as err:
         train_and_evaluate(config, str(tmp_path))
-    bad_step = int(str(err.value).split("at step ")[1].split(";")[0])
+    bad_step = int(re.search(r"at step (\d+)", str(err.value))[1])
     saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
     assert all(s < bad_step for s in saved)
 
