@@ -64,18 +64,26 @@ def create_train_state(
     mesh: Mesh,
 ) -> TrainState:
     """Initializes parameters and optimizer state, replicated over `mesh`."""
-
-    def init():
-        variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-        params = variables["params"]
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            batch_stats=variables.get(BATCH_STATS, {}),
-            opt_state=tx.init(params),
-        )
-
+    init = functools.partial(init_train_state, model, tx, rng, image_shape)
     return jax.jit(init, out_shardings=replicated(mesh))()
+
+
+def init_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    image_shape: tuple[int, int, int],
+) -> TrainState:
+    """The initial state, unplaced: under `jax.eval_shape` it gives the state's shapes on any
+    mesh (the planner's, whose devices may be remote)."""
+    variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get(BATCH_STATS, {}),
+        opt_state=tx.init(params),
+    )
 
 
 def pool_micro_batch_stats(stacked: Any) -> Any:

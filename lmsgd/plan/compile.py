@@ -8,6 +8,7 @@ grows a setup object, this function is what to swap.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import time
@@ -109,25 +110,17 @@ def build_step(config: Any, mesh: Mesh) -> StepSetup:
     Uses `lmsgd.run.assemble` (the driver's set-up) on the target's mesh, with the state
     from `jax.eval_shape` (nothing is allocated, so the mesh's devices may be remote).
     """
-    from lmsgd.models.normalization import BATCH_STATS
     from lmsgd.run import assemble
-    from lmsgd.step import TrainState
+    from lmsgd.step import init_train_state
 
     info = dataset_info(config.data)
     run = assemble(config, mesh, info)  # the driver's own set-up, on the target's mesh
     model, tx, schedules, plan = run.model, run.tx, run.schedules, run.plan
     global_batch = config.global_batch_size
 
-    def init():
-        x = jnp.zeros((1, *info.image_shape), jnp.float32)
-        variables = model.init(jax.random.key(config.seed), x, train=False)
-        params = variables["params"]
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            batch_stats=variables.get(BATCH_STATS, {}),
-            opt_state=tx.init(params),
-        )
+    init = functools.partial(
+        init_train_state, model, tx, jax.random.key(config.seed), info.image_shape
+    )
 
     rep = replicated(mesh)
     state = jax.tree.map(
