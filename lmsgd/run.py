@@ -93,6 +93,8 @@ class Run:
             allreduce_predivide_exponent=ar.predivide_exponent,
             accumulation_steps=self.config.accumulation_steps,
             label_smoothing=self.config.label_smoothing,
+            # XLA:CPU runs a loop body's convolutions ~20x slower: unroll there (see step.py)
+            unroll=self.mesh.devices.flat[0].platform == "cpu",
         )
 
     def eval_step(self):

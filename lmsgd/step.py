@@ -162,6 +162,7 @@ def make_train_step(
     allreduce_predivide_exponent: float = 0.5,
     accumulation_steps: int = 1,
     label_smoothing: float = 0.0,
+    unroll: bool | int = False,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Builds the jitted, sharded train step `(state, batch) -> (state, metrics)`.
 
@@ -179,6 +180,10 @@ def make_train_step(
         are the exact pool over all micro-batches of all devices: N devices x K micro-batches
         train exactly like N*K devices with one micro-batch each.
       label_smoothing: training loss against (1 - a) one-hot + a / classes (0 = none).
+      unroll: unroll the micro-batch loop (`lax.scan(unroll=...)`). False keeps one
+        micro-batch's activations alive (memory flat in K): the choice for GPU/TPU. XLA:CPU
+        runs the convolutions of a loop body ~20x slower than unrolled (measured,
+        docs/performance.md), so CPU runs unroll (memory grows with K).
     Returns:
       A function of the replicated `TrainState` and a global batch `{'image': [B, H, W, C],
       'label': [B]}` sharded over the data axes (B = global batch; B / devices must divide by
@@ -226,7 +231,7 @@ def make_train_step(
                 to="varying",
             )
             (loss, acc, grads), stats = jax.lax.scan(
-                body, zero, (split(batch["image"]), split(batch["label"]))
+                body, zero, (split(batch["image"]), split(batch["label"])), unroll=unroll
             )
             loss, acc, grads = jax.tree.map(lambda x: x / k, (loss, acc, grads))
             stats = pool_micro_batch_stats(stats)

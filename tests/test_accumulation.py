@@ -25,9 +25,11 @@ def _train(mesh, model, tx, steps, **kw):
     return jax.tree.map(np.asarray, state), metrics
 
 
-@pytest.mark.parametrize("virtual", [0, 2])
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_two_devices_times_four_equal_eight_devices(virtual, dtype):
+@pytest.mark.parametrize(
+    ("virtual", "dtype", "unroll"),
+    [(0, "float32", False), (2, "float32", False), (0, "float16", False), (2, "float32", True)],
+)
+def test_two_devices_times_four_equal_eight_devices(virtual, dtype, unroll):
     # 8 devices x 4 examples = 2 devices x 4 micro-batches x 4 examples: global batch 32, the
     # same examples in the same order (device d, micro-batch k holds chunk 4d + k).
     model = tiny_model(
@@ -38,7 +40,7 @@ def test_two_devices_times_four_equal_eight_devices(virtual, dtype):
     eight, m8 = _train(create_mesh(), model, tx, steps, allreduce_dtype=dtype)
     two, m2 = _train(
         create_mesh(devices=jax.devices()[:2]), model, tx, steps,
-        allreduce_dtype=dtype, accumulation_steps=4,
+        allreduce_dtype=dtype, accumulation_steps=4, unroll=unroll,
     )  # fmt: skip
     # float32: the same sums in another order. float16: the two programs round different
     # partial sums (8 device gradients vs 2 sums of 4 micro-batch gradients) to float16, so

@@ -70,6 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ours runs K micro-batches of --per_device_batch per device per step (one "
         "all-reduce, one update); the baselines run one",
     )
+    parser.add_argument(
+        "--scan",
+        action="store_true",
+        help="keep the micro-batch loop rolled (lax.scan, the GPU/TPU program) on CPU too; "
+        "by default CPU runs unroll it (XLA:CPU runs a loop body's convolutions slowly)",
+    )
     parser.add_argument("--no_baseline", action="store_true", help="time our step only")
     common.add_common_arguments(parser)
 
@@ -179,6 +185,7 @@ def _build(variant: str, s: dict, args, mesh, n: int):
     from lmsgd.optim import create_optimizer, default_optimizer_config
     from lmsgd.parallel import batch_sharding
     from lmsgd.run import assemble
+    from lmsgd.step import make_train_step
 
     global_batch = s["per_device_batch"] * n
     steps_per_epoch = max(1, math.ceil(IMAGENET_TRAIN_IMAGES / global_batch))
@@ -210,6 +217,13 @@ def _build(variant: str, s: dict, args, mesh, n: int):
         validate_config(config)
         run = assemble(config, mesh, get_dataset_info(config.data))
         state, fn = run.init_state(), run.train_step()
+        if args.scan:
+            ar = config.allreduce
+            fn = make_train_step(
+                run.model, run.tx, mesh, schedules=run.schedules,
+                allreduce_algorithm=ar.algorithm, allreduce_dtype=ar.dtype,
+                allreduce_fuse=ar.fuse, accumulation_steps=k, unroll=False,
+            )  # fmt: skip
         batch = _synthetic_batch(
             global_batch * k, s["image_size"], s["num_classes"], jnp.dtype(args.dtype),
             batch_sharding(mesh),
@@ -341,6 +355,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "mesh_shape": list(mesh.devices.shape),
         "global_batch": global_batch,
         "accumulation_steps": args.accumulation_steps,
+        "micro_batch_loop": "scan" if args.scan or args.accumulation_steps == 1 else "unrolled",
         "dtype": args.dtype,
         "allreduce_dtype": args.allreduce_dtype,
         "allreduce_algorithm": args.allreduce_algorithm,
