@@ -118,12 +118,36 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def sweep_requested(argv: Sequence[str]) -> bool:
+    """`--preset sweep` (or another of `sweep.SWEEPS`): the batch-size / learning-rate sweep."""
+    from lmsgd.experiments.sweep import SWEEPS
+
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--preset=") else None
+        if arg == "--preset" and i + 1 < len(argv):
+            value = argv[i + 1]
+        if value in SWEEPS:
+            return True
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if sweep_requested(argv):
+        from lmsgd.experiments import sweep
+
+        return sweep.main(argv)
     parser = argparse.ArgumentParser(
         prog="python -m lmsgd.experiments.large_batch",
         description="Large-batch CIFAR-10 experiment: the paper's recipe against baselines.",
     )
-    parser.add_argument("--preset", choices=list(PRESETS), default="quick")
+    parser.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default="quick",
+        help="a preset; or `sweep` (and sweep_full, sweep_tiny): the batch-size / learning-"
+        "rate sweep of lmsgd.experiments.sweep, whose options it then takes",
+    )
     parser.add_argument("--results_dir", required=True, help="where runs and results go")
     parser.add_argument(
         "--recipes",

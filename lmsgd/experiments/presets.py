@@ -125,6 +125,29 @@ PRESETS: dict[str, Preset] = {
         recipes=("c", "f"),
         seeds=(0,),
     ),
+    "sweep": Preset(
+        name="sweep",
+        description="REDUCED protocol for the batch-size / learning-rate sweep on a 2-core CPU: "
+        "CIFAR-10 (all 50,000 / 10,000 images) downscaled to 8 px, ResNet-8, 12 epochs (the "
+        "90-epoch schedules x 12/90), one device with ghost BN over 160 images (the "
+        "per-device statistics of 8 devices at batch 1,280)",
+        reduced=True,
+        dataset="cifar10",
+        model="cifar_resnet8",
+        width_multiplier=1.0,
+        image_size=8,
+        num_epochs=12.0,
+        large_batch=LARGE_BATCH,
+        small_batch=SMALL_BATCH,
+        eval_every_epochs=2.0,
+        eval_batch_size=1000,
+        log_every_steps=10,
+        tensorboard=False,
+        checkpoints=True,
+        recipes=("c", "d", "e", "f"),
+        seeds=(0, 1),
+        num_devices=1,
+    ),
     "tiny": Preset(
         name="tiny",
         description="machinery test only: scikit-learn digits (1,437 train / 360 held out) "
