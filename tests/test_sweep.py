@@ -143,7 +143,7 @@ def test_dry_run_lists_the_plan(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_tiny_sweep_real_runs_resume_and_divergence(tmp_path):
+def test_tiny_sweep_real_runs_and_divergence(tmp_path):
     """Two real runs on the digits: one trains, one diverges (x1e6 rate) and is recorded."""
     tiny = sw.Sweep(name="t", preset="tiny", batch_recipes=("c",), batch_sizes=(40,),
                     lr_recipes=("c",), lr_batch=40, lr_multipliers=(1.0, 1e6), seeds=(0,),
@@ -154,7 +154,7 @@ def test_tiny_sweep_real_runs_resume_and_divergence(tmp_path):
     finally:
         del sw.SWEEPS["t"]
     ok, div = records
-    assert ok["status"] == "ok" and 0 <= ok["final_top1"] <= 1 and ok["steps"] == 5
+    assert ok["status"] == "ok" and 0 <= ok["final_top1"] <= 1 and ok["steps"] == 6
     assert ok["bn_span_examples"] == 5 and ok["eval_top1_curve"]
     assert div["status"] == "diverged" and isinstance(div["diverged_step"], int)
     assert "non-finite loss" in div["error"]
