@@ -144,9 +144,9 @@ def test_dry_run_lists_the_plan(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_tiny_sweep_real_runs_and_divergence(tmp_path):
-    """Two real runs on the digits: one trains, one diverges (x1e6 rate) and is recorded."""
+    """Two real runs on the digits: one trains, one diverges (x1e29 rate) and is recorded."""
     tiny = sw.Sweep(name="t", preset="tiny", batch_recipes=("c",), batch_sizes=(40,),
-                    lr_recipes=("c",), lr_batch=40, lr_multipliers=(1.0, 1e6), seeds=(0,),
+                    lr_recipes=("c",), lr_batch=40, lr_multipliers=(1.0, 1e29), seeds=(0,),
                     bn_examples=5, checkpoint_every_epochs=1)  # fmt: skip
     sw.SWEEPS["t"] = tiny
     try:
