@@ -279,7 +279,7 @@ def sweep_markdown(sweep, records: Sequence[dict[str, Any]], total: int) -> str:
         base = next((c["base_learning_rate"] for c in row if c is not None), None)
         base_x1 = None if base is None or row[0] is None else row[0]["base_learning_rate"]
         lines.append(
-            f"| {recipes[key].label} | {'-' if base_x1 is None else f'{base_x1:.4g}'} | "
+            f"| {recipes[key].label} | {'–' if base_x1 is None else f'{base_x1:.4g}'} | "
             + " | ".join(cell_text(c) for c in row) + f" | {breaks(row, mlabels)} |"
         )  # fmt: skip
     walls = sorted(r["wall_time_s"] for r in final if r.get("wall_time_s"))
