@@ -28,7 +28,7 @@ def test_recipe_configs_validate_and_document_themselves(path):
         p = lb.PRESETS[preset]
         assert config.num_epochs == p.num_epochs
         assert config.global_batch_size in (p.large_batch, p.small_batch)
-        assert config.num_cpu_devices == 8
+        assert config.num_cpu_devices == p.num_devices
 
 
 def test_one_scaling_rule_from_the_papers_epochs():

@@ -5,7 +5,7 @@
         --workdir DIR --config.data.data_dir=$(python -m lmsgd.data.prepare cifar10)
 
 Presets after the colon (`:full` default, `:quick`, `:tiny`) are those of
-`python -m lmsgd.experiments.large_batch` (lmsgd/experiments/large_batch.py, `PRESETS`).
+`python -m lmsgd.experiments.large_batch` (lmsgd/experiments/presets.py, `PRESETS`).
 Hardware: one GPU, or 8 simulated CPU devices (slow at this batch: 16 images per device).
 Recipe: momentum 0.9, eta = 0.2 x 128 / 256 = 0.1 (He et al. 2016), no warm-up, x0.1 at
 epochs 30 / 60 / 80 of 90, weight decay 1e-4 on every parameter, BN over the whole batch of
@@ -14,7 +14,7 @@ Expected: ~91% top-1 with the full preset (He et al. report 91.25% for ResNet-20
 measured here).
 """
 
-from lmsgd.experiments.large_batch import SMALL_BATCH, cifar10_config, finalize
+from lmsgd.experiments.presets import SMALL_BATCH, cifar10_config, finalize
 
 
 def get_config(preset="full"):

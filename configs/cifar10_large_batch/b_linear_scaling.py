@@ -5,7 +5,7 @@
         --workdir DIR --config.data.data_dir=$(python -m lmsgd.data.prepare cifar10)
 
 Presets after the colon (`:full` default, `:quick`, `:tiny`) are those of
-`python -m lmsgd.experiments.large_batch` (lmsgd/experiments/large_batch.py, `PRESETS`).
+`python -m lmsgd.experiments.large_batch` (lmsgd/experiments/presets.py, `PRESETS`).
 Hardware: one GPU, or 8 simulated CPU devices (160 images per device).
 Recipe: recipe (c) without its warm-up: momentum 0.9, eta = 0.1 x 1280 / 256 = 0.5 from the
 first step, x0.1 at epochs 30 / 60 / 80 of 90, weight decay 1e-4 not on BN and biases, BN per
@@ -14,7 +14,7 @@ Expected: below (c) (Goyal et al.: without warm-up large batches lose accuracy e
 measured here.
 """
 
-from lmsgd.experiments.large_batch import cifar10_config, finalize
+from lmsgd.experiments.presets import cifar10_config, finalize
 
 
 def get_config(preset="full"):

@@ -5,7 +5,7 @@
         --workdir DIR --config.data.data_dir=$(python -m lmsgd.data.prepare cifar10)
 
 Presets after the colon (`:full` default, `:quick`, `:tiny`) are those of
-`python -m lmsgd.experiments.large_batch` (lmsgd/experiments/large_batch.py, `PRESETS`).
+`python -m lmsgd.experiments.large_batch` (lmsgd/experiments/presets.py, `PRESETS`).
 Hardware: one GPU, or 8 simulated CPU devices (160 images per device).
 Recipe: momentum 0.9, eta = 0.1 x 1280 / 256 = 0.5 reached by a linear warm-up over 5 epochs,
 x0.1 at epochs 30 / 60 / 80 of 90, weight decay 1e-4 not on BN and biases, BN per device (160
@@ -14,7 +14,7 @@ Expected: quick preset (reduced: ResNet-8, 16 px, 24 epochs) measured in README'
 large-batch section; full preset not measured here.
 """
 
-from lmsgd.experiments.large_batch import cifar10_config, finalize
+from lmsgd.experiments.presets import cifar10_config, finalize
 
 
 def get_config(preset="full"):

@@ -5,7 +5,7 @@
         --workdir DIR --config.data.data_dir=$(python -m lmsgd.data.prepare cifar10)
 
 Presets after the colon (`:full` default, `:quick`, `:tiny`) are those of
-`python -m lmsgd.experiments.large_batch` (lmsgd/experiments/large_batch.py, `PRESETS`).
+`python -m lmsgd.experiments.large_batch` (lmsgd/experiments/presets.py, `PRESETS`).
 Hardware: one GPU, or 8 simulated CPU devices (160 images per device).
 Recipe: optax.lars (trust coefficient 0.001, momentum 0.9, BN and biases excluded from
 adaptation and decay), the ImageNet LARS config's rate per image (29 at 32,768) scaled
@@ -15,7 +15,7 @@ images) with moving averages for evaluation, float32 all-reduce.
 Expected: not measured here (a starting point; LARS rates usually need tuning per task).
 """
 
-from lmsgd.experiments.large_batch import cifar10_config, finalize
+from lmsgd.experiments.presets import cifar10_config, finalize
 
 
 def get_config(preset="full"):

@@ -5,7 +5,7 @@
         --workdir DIR --config.data.data_dir=$(python -m lmsgd.data.prepare cifar10)
 
 Presets after the colon (`:full` default, `:quick`, `:tiny`) are those of
-`python -m lmsgd.experiments.large_batch` (lmsgd/experiments/large_batch.py, `PRESETS`).
+`python -m lmsgd.experiments.large_batch` (lmsgd/experiments/presets.py, `PRESETS`).
 Hardware: one GPU, or 8 simulated CPU devices (160 images per device).
 Recipe: Nesterov momentum 0.9, the ImageNet Nesterov config's rate per image (10 at 32,768)
 scaled linearly: eta = 10 / 128 x 1280 / 256 = 0.39, linear warm-up over 5 epochs, then
@@ -15,7 +15,7 @@ rate, decay and label smoothing per batch size; this is an untuned starting poin
 Expected: not measured here.
 """
 
-from lmsgd.experiments.large_batch import cifar10_config, finalize
+from lmsgd.experiments.presets import cifar10_config, finalize
 
 
 def get_config(preset="full"):

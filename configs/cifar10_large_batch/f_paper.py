@@ -5,7 +5,7 @@
         --workdir DIR --config.data.data_dir=$(python -m lmsgd.data.prepare cifar10)
 
 Presets after the colon (`:full` default, `:quick`, `:tiny`) are those of
-`python -m lmsgd.experiments.large_batch` (lmsgd/experiments/large_batch.py, `PRESETS`).
+`python -m lmsgd.experiments.large_batch` (lmsgd/experiments/presets.py, `PRESETS`).
 Hardware: 8 devices (8 GPUs, or 8 simulated CPU devices): 160 images per device, whose own
 statistics normalize them. On fewer devices the statistics span more images (not the recipe).
 Recipe (Akiba et al. 2017, PAPER.md): RMSprop warm-up handing over to momentum SGD (alpha_sgd
@@ -17,7 +17,7 @@ Expected: quick preset (reduced: ResNet-8, 16 px, 24 epochs) measured in README'
 large-batch section; full preset not measured here.
 """
 
-from lmsgd.experiments.large_batch import cifar10_config, finalize
+from lmsgd.experiments.presets import cifar10_config, finalize
 
 
 def get_config(preset="full"):

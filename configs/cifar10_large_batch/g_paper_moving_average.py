@@ -6,7 +6,7 @@ technique (batch-statistics-only BN).
         --workdir DIR --config.data.data_dir=$(python -m lmsgd.data.prepare cifar10)
 
 Presets after the colon (`:full` default, `:quick`, `:tiny`) are those of
-`python -m lmsgd.experiments.large_batch` (lmsgd/experiments/large_batch.py, `PRESETS`).
+`python -m lmsgd.experiments.large_batch` (lmsgd/experiments/presets.py, `PRESETS`).
 Hardware: 8 devices (8 GPUs, or 8 simulated CPU devices): 160 images per device.
 Recipe: exactly (f_paper.py), except that BN keeps exponential moving averages (decay 0.9)
 and evaluation uses them instead of the last batch's statistics.
@@ -16,7 +16,7 @@ run has only ~3,500 large steps).
 
 import pathlib
 
-from lmsgd.experiments.large_batch import load_recipe
+from lmsgd.experiments.presets import load_recipe
 
 
 def get_config(preset="full"):
