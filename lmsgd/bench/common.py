@@ -7,7 +7,6 @@ cheap.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import functools
 import json
@@ -18,6 +17,8 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from lmsgd import hardware as hardware_lib
 
 DEFAULT_CPU_DEVICES = 8
 
@@ -60,32 +61,23 @@ def setup_devices(requested: int | None) -> list:
 
 
 def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # Not on Linux.
-        return os.cpu_count() or 1
+    return hardware_lib.usable_cores() or 1
 
 
 def hardware(devices: Sequence[Any] | None = None) -> dict[str, Any]:
-    """Host CPU and memory, and the accelerator (platform, kind, count) the suite ran on."""
-    cpu = platform.processor()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = None
-    with contextlib.suppress(ValueError, OSError, AttributeError):
-        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    """Host CPU and memory (`lmsgd.hardware`, the one probe), and the accelerator (platform,
+    kind, count) the suite ran on."""
+    mem_gb = hardware_lib.memory_gb()
+    load = hardware_lib.load_average()
     out: dict[str, Any] = {
-        "cpu": cpu,
+        "cpu": hardware_lib.cpu_model(),
         "cores_available": cores(),
         "cpu_count": os.cpu_count(),
-        "memory_bytes": mem,
+        "memory_bytes": int(mem_gb * 2**30) if mem_gb else None,
         "os": platform.platform(),
         "machine": platform.machine(),
         # Other processes compete for the cores on shared machines: keep the load with the data.
-        "load_average_1m": _load_average(),
+        "load_average_1m": load[0] if load else None,
     }
     if devices:
         import jax
@@ -102,24 +94,11 @@ def hardware(devices: Sequence[Any] | None = None) -> dict[str, Any]:
     return out
 
 
-def _load_average() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except (OSError, AttributeError):
-        return None
-
-
-def versions() -> dict[str, str]:
+def versions(extra: Sequence[str] = ()) -> dict[str, str]:
     """Versions of Python and the packages that decide performance (no imports needed)."""
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for name in ("jax", "jaxlib", "flax", "optax", "numpy", "lmsgd"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    found = hardware_lib.versions(("jax", "jaxlib", "flax", "optax", "numpy", "lmsgd", *extra))
+    return {"python": platform.python_version(),
+            **{k: v or "not installed" for k, v in found.items()}}  # fmt: skip
 
 
 def block(tree: Any) -> Any:

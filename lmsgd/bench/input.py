@@ -11,16 +11,16 @@ cache directory. Prints a table and writes JSON (hardware, versions, config, fig
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import math
 import os
-import platform
 import time
 from typing import Any
 
 import numpy as np
+
+from lmsgd.bench import common
 
 _CACHE = os.path.join(os.path.expanduser("~"), ".cache", "lmsgd", "bench_input")
 
@@ -101,57 +101,6 @@ def make_jpeg_folder(
     return root
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # Not on Linux.
-        return os.cpu_count() or 1
-
-
-def _hardware() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem = None
-    with contextlib.suppress(ValueError, OSError, AttributeError):
-        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {
-        "cpu": cpu,
-        "cores_available": _cores(),
-        "cpu_count": os.cpu_count(),
-        "memory_bytes": mem,
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-    }
-
-
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    import jax
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-
-    try:
-        lmsgd_version = metadata.version("lmsgd")
-    except metadata.PackageNotFoundError:
-        lmsgd_version = "unknown"
-    return {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "jax": jax.__version__,
-        "tensorflow": tf.__version__,
-        "tensorflow_datasets": tfds.__version__,
-        "lmsgd": lmsgd_version,
-    }
-
-
 def _time_iterator(it, warmup: int, timed: int, batch_size: int) -> dict[str, float]:
     for _ in range(warmup):
         next(it)
@@ -160,7 +109,7 @@ def _time_iterator(it, warmup: int, timed: int, batch_size: int) -> dict[str, fl
         next(it)
     seconds = time.perf_counter() - start
     ips = timed * batch_size / seconds
-    return {"seconds": seconds, "images_per_s": ips, "images_per_s_per_core": ips / _cores()}
+    return {"seconds": seconds, "images_per_s": ips, "images_per_s_per_core": ips / common.cores()}
 
 
 def _pipeline_iterator(root: str, mode: str, s: dict, args) -> Any:
@@ -273,15 +222,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results[mode] = {
             "description": MODES[mode],
             "images_per_s": median,
-            "images_per_s_per_core": median / _cores(),
+            "images_per_s_per_core": median / common.cores(),
             "images_per_s_runs": ips,
         }
 
     record = {
         "suite": "input",
         "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "hardware": _hardware(),
-        "versions": _versions(),
+        "hardware": common.hardware(),
+        "versions": common.versions(("tensorflow", "tensorflow-datasets")),
         "config": {
             **s,
             "image_size": args.image_size,
