@@ -190,7 +190,7 @@ def config_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return json.loads(config.to_json())
 
 
-_DIVERGED_AT = re.compile(r"non-finite loss \S+ at step (\d+)")
+_DIVERGED_AT = re.compile(r"non-finite loss[^\n]*? at step (\d+)")
 
 
 def diverged_step(log_text: str) -> int | None:
