@@ -93,9 +93,20 @@ class Run:
             allreduce_predivide_exponent=ar.predivide_exponent,
             accumulation_steps=self.config.accumulation_steps,
             label_smoothing=self.config.label_smoothing,
-            # XLA:CPU runs a loop body's convolutions ~20x slower: unroll there (see step.py)
-            unroll=self.mesh.devices.flat[0].platform == "cpu",
+            unroll=not self.micro_batch_loop_rolled,
         )
+
+    @property
+    def micro_batch_loop_rolled(self) -> bool:
+        """Whether the accumulation loop stays a `lax.scan` (GPU/TPU: memory flat in K) or is
+        unrolled (XLA:CPU runs a loop body's convolutions ~20x slower; see step.py)."""
+        return self.mesh.devices.flat[0].platform != "cpu"
+
+    @property
+    def cost_analysis_factor(self) -> int:
+        """XLA's cost analysis counts a loop body once: K for a rolled micro-batch loop."""
+        k = self.plan.accumulation_steps
+        return k if k > 1 and self.micro_batch_loop_rolled else 1
 
     def eval_step(self):
         return make_eval_step(self.model, self.mesh)

@@ -104,9 +104,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         compile_s = time.perf_counter() - t0
         cost = compiled.cost_analysis()
         flops_per_step = float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))
-        # XLA counts a loop body once: x K for the micro-batch loop (the update is counted K
-        # times too, a few percent of a step).
-        flops_per_step *= plan.num_devices * plan.accumulation_steps
+        flops_per_step *= plan.num_devices * run.cost_analysis_factor
         log.info(
             "%s: %s parameters, %.3g FLOPs/step; %d steps (%d/epoch); batch %d = %d devices x "
             "%d micro-batches x %d; BN over %d; all-reduce %s %s; compiled in %.1fs",

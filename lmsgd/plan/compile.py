@@ -52,6 +52,7 @@ class StepSetup:
     num_params: int
     per_device_batch: int
     accumulation_steps: int
+    cost_factor: int  # XLA counts a rolled loop body once: K for a rolled micro-batch loop
     bn_span: int
     steps_per_epoch: int
     total_steps: int
@@ -146,6 +147,7 @@ def build_step(config: Any, mesh: Mesh) -> StepSetup:
         num_params=sum(math.prod(x.shape) for x in jax.tree.leaves(state.params)),
         per_device_batch=plan.per_device_batch,
         accumulation_steps=plan.accumulation_steps,
+        cost_factor=run.cost_analysis_factor,
         bn_span=plan.bn_span_examples,
         steps_per_epoch=plan.steps_per_epoch,
         total_steps=plan.total_steps,
@@ -165,8 +167,8 @@ class CompiledStep:
         once in `peak_bytes`.
       flops, bytes_accessed: XLA's `cost_analysis()` of the per-device program. XLA counts a
         loop body once: with gradient accumulation (K micro-batches in a `lax.scan`) both are
-        multiplied by K (an upper bound: the update after the loop is counted K times; it is
-        a few percent of a ResNet-50 step).
+        multiplied by K when the loop stays rolled (an upper bound: the update after the loop
+        is counted K times; it is a few percent of a ResNet-50 step).
       hlo: the compiled program's text (tuple `/*index=N*/` comments removed).
       compile_s: wall time of lower + compile.
     """
@@ -204,8 +206,8 @@ def compile_step(setup: StepSetup) -> CompiledStep:
         temp_bytes=int(mem.temp_size_in_bytes),
         alias_bytes=int(mem.alias_size_in_bytes),
         code_bytes=int(getattr(mem, "generated_code_size_in_bytes", 0) or 0),
-        flops=float(cost.get("flops", 0.0)) * setup.accumulation_steps,
-        bytes_accessed=float(cost.get("bytes accessed", 0.0)) * setup.accumulation_steps,
+        flops=float(cost.get("flops", 0.0)) * setup.cost_factor,
+        bytes_accessed=float(cost.get("bytes accessed", 0.0)) * setup.cost_factor,
         # Compiled HLO prints long tuple shapes with /*index=N*/ comments, which the
         # collective parser would otherwise read as part of a shape.
         hlo=_INDEX_COMMENT.sub("", compiled.as_text()),
