@@ -4,9 +4,14 @@
         --config.data.data_dir=DATA_DIR
 
 Hardware: as the paper's config (1,024 devices x 32).
-Recipe: Nesterov momentum 0.9, linear warm-up then polynomial decay, weight decay not applied
-to BN and biases. Nado et al. report that such a tuned Nesterov matches LARS at 32k; their
-tuned values differ (label smoothing, rate ~ 5-10): treat the numbers here as a starting point.
+Recipe: Nado et al., "A Large Batch Optimizer Reality Check", arXiv 2102.06356. Sources:
+  - optimizer Nesterov, linear warm-up then polynomial decay, label smoothing used:
+    Nado et al. (main text, ResNet-50 section);
+  - ALL NUMBERS ARE GUESSES / UNVERIFIED: base rate 10, 5 warm-up epochs, power 2, momentum
+    0.9, weight decay 1e-4 (not on BN and biases), label smoothing 0 (key left at default
+    because the tuned value could not be read). Nado et al.'s appendix tables for ResNet-50
+    at 32,768 (tuned rate, warm-up, decay, 1 - momentum, weight decay, label smoothing) could
+    not be read in this session; replace these with the table's values before citing.
 Expected: ~75.9% top-1 (Nado et al.'s number with their tuning; not measured here).
 """
 
