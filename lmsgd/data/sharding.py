@@ -55,7 +55,7 @@ def eval_local_indices(
     return mine[mine < num_examples], num_batches
 
 
-def _leading_axis_sharding(sharding: jax.sharding.Sharding, ndim: int) -> jax.sharding.Sharding:
+def leading_axis_sharding(sharding: jax.sharding.Sharding, ndim: int) -> jax.sharding.Sharding:
     """The caller's sharding for the batch dim only, fitted to an array of rank ``ndim``."""
     if isinstance(sharding, jax.sharding.NamedSharding):
         spec = tuple(sharding.spec)
@@ -73,7 +73,7 @@ def to_global(
     if sharding is None:
         return dict(batch)
     return {
-        k: jax.make_array_from_process_local_data(_leading_axis_sharding(sharding, v.ndim), v)
+        k: jax.make_array_from_process_local_data(leading_axis_sharding(sharding, v.ndim), v)
         for k, v in batch.items()
     }
 

@@ -40,11 +40,11 @@ def make_batch(
     key = jax.random.key(seed)
     if sharding is None:
         return jax.tree.map(np.asarray, jax.jit(gen)(key))
-    from lmsgd.data.sharding import _leading_axis_sharding
+    from lmsgd.data.sharding import leading_axis_sharding
 
     out = {
-        "image": _leading_axis_sharding(sharding, 4),
-        "label": _leading_axis_sharding(sharding, 1),
+        "image": leading_axis_sharding(sharding, 4),
+        "label": leading_axis_sharding(sharding, 1),
     }
     return jax.jit(gen, out_shardings=out)(key)
 
