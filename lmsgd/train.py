@@ -27,7 +27,13 @@ from lmsgd.errors import NonFiniteLossError
 from lmsgd.metric_logging import create_writer, drop_metrics_after, format_duration
 from lmsgd.models.summary import count_params
 from lmsgd.run import Run, build
-from lmsgd.workdir import WorkdirLock, check_compatible, config_as_json, write_json
+from lmsgd.workdir import (
+    WorkdirLock,
+    check_compatible,
+    config_as_json,
+    is_remote,
+    write_json,
+)
 
 log = logging.getLogger("lmsgd")
 
@@ -56,7 +62,7 @@ class Preemption:
 def _open_workdir(run: Run, workdir: str, stack: contextlib.ExitStack):
     """Lock, compatibility checks and restore, then (only then) the files of the run."""
     config, primary = run.config, jax.process_index() == 0
-    if primary:
+    if primary and not is_remote(workdir):  # a bucket has no flock; one run per bucket path
         stack.enter_context(WorkdirLock(workdir))
     check_shared_workdir(workdir)
     check_compatible(workdir, config)
