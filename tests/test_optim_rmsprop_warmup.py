@@ -81,7 +81,8 @@ def run_jax(tx, params, grads, dtype):
 
 
 # ----------------------------------------------------------------------------- main check
-def test_matches_numpy_reference_across_the_hand_over():
+@pytest.mark.parametrize("learning_rate_can_be_zero", [True, False])
+def test_matches_numpy_reference_across_the_hand_over(learning_rate_can_be_zero):
     rng = np.random.default_rng(0)
     params = make_params(rng)
     grads = random_grads(rng, params, NUM_STEPS)
@@ -93,7 +94,10 @@ def test_matches_numpy_reference_across_the_hand_over():
 
     with jax.enable_x64(True):
         tx = rmsprop_warmup(
-            jnp_eta, alpha_sgd_schedule(STEPS_PER_EPOCH), rmsprop_learning_rate=ETA_RMS
+            jnp_eta,
+            alpha_sgd_schedule(STEPS_PER_EPOCH),
+            rmsprop_learning_rate=ETA_RMS,
+            learning_rate_can_be_zero=learning_rate_can_be_zero,
         )
         got = run_jax(tx, params, grads, jnp.float64)
         assert got[0][2].m["conv"]["kernel"].dtype == jnp.float64
@@ -219,6 +223,16 @@ def test_zero_and_tiny_learning_rate():
         assert np.all(np.isfinite(u["w"])) and np.all(np.isfinite(state.delta["w"]))
 
 
+def test_learning_rate_declared_positive_gives_zero_step_at_zero():
+    """learning_rate_can_be_zero=False: identical for eta > 0 (reference test above); a zero
+    eta gives a zero step (not the limit) and the same finite Delta as the limit form."""
+    g = {"w": jnp.asarray(np.random.default_rng(6).normal(size=(6,)), jnp.float32)}
+    tx = rmsprop_warmup(0.0, 0.3, learning_rate_can_be_zero=False)
+    u, state = jax.jit(tx.update)(g, tx.init(g))
+    np.testing.assert_array_equal(u["w"], np.zeros(6, np.float32))
+    np.testing.assert_allclose(state.delta["w"], -0.3 * np.asarray(g["w"]), rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------- state, dtypes
 @pytest.mark.parametrize(
     ("param_dtype", "delta_dtype", "delta_bytes"),
@@ -300,21 +314,32 @@ def test_schedules_see_step_before_increment():
 
 
 # ----------------------------------------------------------------------------- memory traffic
-def test_compiled_update_keeps_no_parameter_sized_temporary():
-    """XLA:CPU compiles one update into three loops per tensor (m_t, Delta_t, the step) and
-    keeps no parameter-sized temporary. Before, a select on eta = 0 made XLA keep the RMSprop
-    direction as a buffer of its own (a fourth loop, 52 bytes per parameter)."""
+@pytest.mark.parametrize(
+    ("learning_rate_can_be_zero", "bytes_per_param"), [(True, 44), (False, 36)]
+)
+def test_compiled_update_keeps_no_parameter_sized_temporary(
+    learning_rate_can_be_zero, bytes_per_param
+):
+    """XLA:CPU compiles one update into three single-output loops per tensor (m_t, Delta_t,
+    the step) and keeps no parameter-sized temporary. Before, a select on eta = 0 made XLA
+    keep the RMSprop direction as a buffer of its own (a fourth loop, 52 bytes per parameter);
+    the exact eta = 0 limit costs the step loop a read of g and m_t (44); without it the step
+    reads Delta_t alone (36, the least three single-output loops can move)."""
     if jax.default_backend() != "cpu":
         pytest.skip("fusion figures are those of XLA:CPU")
     shapes = [(3, 3, 64, 64), (256, 128), (128,)]
     params = {f"p{i}": jnp.zeros(s, jnp.float32) for i, s in enumerate(shapes)}
     n = sum(math.prod(s) for s in shapes)
-    tx = rmsprop_warmup(jnp_eta, alpha_sgd_schedule(STEPS_PER_EPOCH))
+    tx = rmsprop_warmup(
+        jnp_eta,
+        alpha_sgd_schedule(STEPS_PER_EPOCH),
+        learning_rate_can_be_zero=learning_rate_can_be_zero,
+    )
     compiled = jax.jit(tx.update).lower(params, tx.init(params)).compile()
     temp = compiled.memory_analysis().temp_size_in_bytes
     assert temp < 4 * min(math.prod(s) for s in shapes), temp  # scalars only
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    # Floor 24 (read g, m, Delta; write m, Delta, step); three single-output loops need
-    # 12 (m_t) + 16 (Delta_t) + 16 (step, reading g and m_t for the eta = 0 limit).
-    assert cost["bytes accessed"] <= 44 * n + 1024, cost["bytes accessed"] / n
+    # Floor 24 (read g, m, Delta; write m, Delta, step); three single-output loops (XLA:CPU
+    # has no multi-output fusion) need 12 (m_t) + 16 (Delta_t) + 8 (step) at least.
+    assert cost["bytes accessed"] <= bytes_per_param * n + 1024, cost["bytes accessed"] / n

@@ -12,6 +12,7 @@ from lmsgd.optim.factory import (
     create_optimizer,
     learning_rate_schedule,
     multi_dim_mask,
+    schedule_reaches_zero,
 )
 from lmsgd.optim.plotting import plot_schedules
 from lmsgd.optim.rmsprop_warmup import RMSpropWarmupState, rmsprop_warmup
@@ -37,6 +38,7 @@ __all__ = [
     "constant_schedule",
     "cosine_warmup_schedule",
     "create_optimizer",
+    "schedule_reaches_zero",
     "default_optimizer_config",
     "goyal_schedule",
     "learning_rate_schedule",

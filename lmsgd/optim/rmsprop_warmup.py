@@ -36,13 +36,28 @@ ratio; that is a property of the paper's formulation (relevant only for warm-ups
 Memory traffic
 --------------
 Per float32 parameter an update must read g, m, Delta and write m, Delta and the step: 24
-bytes. XLA:CPU fuses elementwise code into loops with one output each, so it needs three loops
-per tensor: m_t (reads g, m), Delta_t (reads g, m_t, Delta) and the step (reads Delta_t, plus
-g and m_t for the eta = 0 limit): 44 bytes per parameter by XLA's cost analysis, no
-parameter-sized temporary. (``python -m lmsgd.bench optimizer`` prints the figures; the same
-update from stock optax parts, which has no eta = 0 case, is 36.) Sharing any expensive
-intermediate (``sqrt(m)``, the RMSprop direction) between two of those loops makes XLA keep it
-as a parameter-sized buffer and adds a loop, which is why the code below computes them twice.
+bytes. XLA:CPU fuses elementwise code into loops with one output each (it has no multi-output
+fusion), so three outputs need three loops per tensor, and the fewest bytes they can move is
+12 (m_t: reads g, m) + 16 (Delta_t: reads g, m_t, Delta) + 8 (the step: reads Delta_t) = 36,
+1.5x the floor; that is what this update compiles to (``python -m lmsgd.bench optimizer``
+prints it), as does the same update built from stock optax parts. Two choices get it there:
+
+* the step reads only the new Delta (``eta * Delta_t``), so nothing expensive (``sqrt(m)``,
+  the RMSprop direction) is shared between two loops: XLA never duplicates an expensive op
+  into two loops, so sharing one makes it a parameter-sized buffer and a fourth loop (a
+  select ``jnp.where(eta > 0, eta * Delta_t, limit)`` on the shared direction cost 52 bytes);
+* the exact eta = 0 limit needs g and m_t in the step loop again (44 bytes), so it is
+  compiled in only where the learning rate can be 0 (``learning_rate_can_be_zero``; the
+  optimizer factory checks the schedule). A scalar ``lax.cond`` on eta = 0 instead compiles
+  to 36 bytes for the update alone, but its outputs cannot fuse with ``apply_updates`` nor
+  reuse donated buffers: 64 bytes and three parameter-sized temporaries in a train step.
+
+With the update applied in the same program (``optax.apply_updates``, what the train step
+does) the three loops are m_t (12), Delta_t (16) and the parameters (reads p, Delta_t; 12): 40
+bytes against a floor of 28, as for the stock optax chain.
+
+On GPU and TPU, XLA fuses sibling loops into multi-output fusions, so the 24-byte floor
+itself is reachable there.
 
 Very large gradients: in float32 ``g^2`` overflows above ~1.8e19. We saturate ``g^2`` at half
 the dtype's maximum (so ``m`` stays finite) and clip ``g / (sqrt(m) + eps)`` to its exact
@@ -95,6 +110,7 @@ def rmsprop_warmup(
     decay: float = 0.99,
     eps: float = 1e-8,
     delta_dtype: Any | None = None,
+    learning_rate_can_be_zero: bool = True,
 ) -> optax.GradientTransformation:
     """RMSprop warm-up of Akiba et al. (2017), PAPER.md section 1, as an optax transformation.
 
@@ -113,6 +129,11 @@ def rmsprop_warmup(
       delta_dtype: optional dtype of the ``Delta`` buffer (e.g. ``jnp.bfloat16`` to halve its
         memory); default float32 (float64 for float64 parameters). ``m`` and all arithmetic
         stay in float32 or wider.
+      learning_rate_can_be_zero: True (default) computes the eta = 0 step as the eta -> 0+
+        limit (module docstring), which costs the step loop a second read of g and m_t (44
+        instead of 36 bytes per parameter on XLA:CPU). Pass False when eta > 0 at every step
+        (:func:`lmsgd.optim.create_optimizer` checks the schedule and does): results are the
+        same for eta > 0, and a zero eta then gives a zero step instead of the limit.
 
     Returns:
       An ``optax.GradientTransformation`` whose updates are ``eta_t * Delta_t`` (add them with
@@ -158,6 +179,9 @@ def rmsprop_warmup(
             inv_e = jnp.where(positive, 1.0 / jnp.where(positive, e, 1.0), 0.0)
             g32, d32 = g.astype(cd), d.astype(cd)
             delta = momentum * d32 - a * g32 - (c * inv_e) * rms_direction(g32, m)
+            if not learning_rate_can_be_zero:
+                # The step reads Delta_t alone: three loops, 36 bytes per parameter.
+                return e * delta, m, delta.astype(d.dtype)
             # eta = 0: the step is the eta -> 0+ limit -eta_rms (1 - alpha) r. It takes its own
             # sqrt: sharing the one in Delta_t would make XLA keep sqrt(m_t) (or r) as a
             # parameter-sized buffer, as it never duplicates an expensive op into two loops.
