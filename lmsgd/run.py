@@ -98,8 +98,9 @@ class Run:
 
     @property
     def micro_batch_loop_rolled(self) -> bool:
-        """Whether the accumulation loop stays a `lax.scan` (GPU/TPU: memory flat in K) or is
-        unrolled (XLA:CPU runs a loop body's convolutions ~20x slower; see step.py)."""
+        """Whether the accumulation loop stays a `lax.scan` (GPU/TPU) or is unrolled, micro-
+        batches chained one after another (XLA:CPU runs a loop body's backward convolutions
+        ~20x slower; see `lmsgd.step.make_train_step`). Memory is flat in K either way."""
         return self.mesh.devices.flat[0].platform != "cpu"
 
     @property

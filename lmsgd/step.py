@@ -131,6 +131,22 @@ def all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def after(x: jax.Array, tree: Any) -> jax.Array:
+    """``x`` unchanged, but computed only once every leaf of ``tree`` is.
+
+    Adds ``0 * (one element of each leaf)``, which XLA cannot fold for floats (``0 * nan`` is
+    nan), so an unrolled micro-batch starts only after the previous one's gradients exist and
+    its activations can reuse that one's buffers: without it XLA:CPU interleaves the micro-
+    batches and peak memory grows with K (XLA:CPU drops ``lax.optimization_barrier``). A
+    non-finite gradient makes ``x`` nan, which the step's ``finite`` flag reports anyway.
+    """
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        return x
+    token = sum(jnp.ravel(leaf)[0].astype(jnp.float32) for leaf in leaves)
+    return x + (token * 0.0).astype(x.dtype)
+
+
 def training_loss(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
     """Per-example cross-entropy against smoothed one-hot labels, float32 `[B]`."""
     if not label_smoothing:
@@ -180,10 +196,12 @@ def make_train_step(
         are the exact pool over all micro-batches of all devices: N devices x K micro-batches
         train exactly like N*K devices with one micro-batch each.
       label_smoothing: training loss against (1 - a) one-hot + a / classes (0 = none).
-      unroll: unroll the micro-batch loop (`lax.scan(unroll=...)`). False keeps one
-        micro-batch's activations alive (memory flat in K): the choice for GPU/TPU. XLA:CPU
-        runs the convolutions of a loop body ~20x slower than unrolled (measured,
-        docs/performance.md), so CPU runs unroll (memory grows with K).
+      unroll: unroll the micro-batch loop (`lax.scan(unroll=...)`). False keeps it a loop: the
+        choice for GPU/TPU. XLA:CPU canonicalizes only top-level convolutions for its fast
+        (Eigen) path, so a loop body's backward convolutions run ~20x slower (measured,
+        docs/performance.md); CPU runs unroll. Each unrolled micro-batch's input is made to
+        depend on the previous one's gradients (`after`), so that XLA still runs them one
+        after another and memory stays flat in K.
     Returns:
       A function of the replicated `TrainState` and a global batch `{'image': [B, H, W, C],
       'label': [B]}` sharded over the data axes (B = global batch; B / devices must divide by
@@ -221,7 +239,12 @@ def make_train_step(
             split = lambda x: x.reshape(k, x.shape[0] // k, *x.shape[1:])
 
             def body(carry, micro):
-                loss, acc, grads, stats = micro_step(local_params, state.batch_stats, *micro)
+                images, labels = micro
+                if unroll:
+                    images = after(images, carry[2])
+                loss, acc, grads, stats = micro_step(
+                    local_params, state.batch_stats, images, labels
+                )
                 total = jax.tree.map(jnp.add, carry, (loss, acc, grads))
                 return total, stats
 

@@ -95,3 +95,32 @@ def test_paper_config_variants_keep_32768_images_and_32_image_statistics(variant
     assert devices * plan.micro_batch * plan.accumulation_steps == 32768
     assert plan.micro_batch == micro and plan.bn_span_examples == 32
     assert plan.steps_per_epoch == 1_281_167 // 32768 == 39
+
+
+@pytest.mark.parametrize("unroll", [True, False])
+def test_peak_memory_is_flat_in_k(unroll):
+    """At a fixed micro-batch, K micro-batches per step cost one micro-batch's activations
+    (plus the gradient accumulator), rolled or unrolled: the unrolled loop (what CPU runs use)
+    chains each micro-batch to the previous one's gradients, else XLA interleaves them."""
+    import numpy as onp
+
+    from lmsgd.models import count_params
+
+    model = tiny_model()
+    tx = optax.sgd(0.1)
+    mesh = create_mesh(devices=jax.devices()[:1])
+    image = (16, 16, 3)
+    state = create_train_state(model, tx, jax.random.key(0), image, mesh)
+    micro = 16
+    temp = {}
+    for k in (1, 4):
+        rng = onp.random.default_rng(0)
+        batch = {
+            "image": rng.normal(size=(micro * k, *image)).astype(onp.float32),
+            "label": rng.integers(0, 10, micro * k).astype(onp.int32),
+        }
+        step = make_train_step(model, tx, mesh, accumulation_steps=k, unroll=unroll)
+        temp[k] = step.lower(state, batch).compile().memory_analysis().temp_size_in_bytes
+    param_bytes = 4 * count_params(state.params)
+    assert temp[1] > 10 * param_bytes, temp  # activations dominate: the check can fail
+    assert temp[4] <= 1.1 * temp[1] + 2 * param_bytes, (temp, param_bytes)
