@@ -125,12 +125,6 @@ def pool_batch_stats(batch_stats: Any, axes: tuple[str, ...]) -> Any:
     return flax.traverse_util.unflatten_dict(out)
 
 
-def all_finite(tree: Any) -> jax.Array:
-    """True (bool scalar) if every element of every leaf is finite."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
-
-
 def after(x: jax.Array, tree: Any) -> jax.Array:
     """``x`` unchanged, but computed only once every leaf of ``tree`` is.
 
@@ -283,12 +277,15 @@ def make_train_step(
         )
         # One flag for the host: the loss, the gradient and the *updated* state are finite.
         # A blown-up step can keep a finite loss while its gradient, its parameters or its
-        # normalization statistics (checkpointed for evaluation) are already inf.
+        # normalization statistics (checkpointed for evaluation) are already inf. Norms, not
+        # `all_finite`: a norm is finite iff every element is (or it overflows, i.e. some
+        # |x| > ~1e19: a blown-up state, also refused), and XLA:CPU compiles 161 boolean
+        # reductions per tree ~3x slower than the norms' sums (ResNet-50: ~6 s per step).
         metrics["finite"] = (
             jnp.isfinite(metrics["loss"])
             & jnp.isfinite(metrics["grad_norm"])
-            & all_finite(new_state.params)
-            & all_finite(new_state.batch_stats)
+            & jnp.isfinite(metrics["param_norm"])
+            & jnp.isfinite(optax.tree.norm(new_state.batch_stats))
         )
         return new_state, metrics
 
