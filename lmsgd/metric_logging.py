@@ -13,11 +13,13 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 from clu import metric_writers
+from etils import epath
 
 log = logging.getLogger("lmsgd")
 
@@ -36,8 +38,27 @@ class JsonlWriter(metric_writers.MetricWriter):
     `kind/key` goes to the record of that kind; names without a kind to kind 'progress'.
     """
 
-    def __init__(self, path: str):
-        self._file = open(path, "a", buffering=1)  # noqa: SIM115 (closed by close())
+    def __init__(self, path: str, remote_write_interval_s: float = 30.0):
+        # An object store (gs://) cannot append: a remote file is kept in memory and written
+        # whole at most every `remote_write_interval_s` seconds and on flush/close.
+        self._remote = "://" in path
+        if self._remote:
+            self._path = epath.Path(path)
+            self._lines = self._path.read_text().splitlines(True) if self._path.exists() else []
+            self._interval, self._dirty = remote_write_interval_s, False
+            self._written_at = time.monotonic()
+            self._file = None
+        else:
+            self._file = open(path, "a", buffering=1)  # noqa: SIM115 (closed by close())
+
+    def _write_line(self, line: str) -> None:
+        if self._file is not None:
+            self._file.write(line)
+            return
+        self._lines.append(line)
+        self._dirty = True
+        if time.monotonic() - self._written_at >= self._interval:
+            self.flush()
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         records: dict[str, dict[str, Any]] = collections.defaultdict(dict)
@@ -45,7 +66,7 @@ class JsonlWriter(metric_writers.MetricWriter):
             kind, _, key = name.rpartition("/")
             records[kind or "progress"][key] = _clean(value)
         for kind, values in records.items():
-            self._file.write(json.dumps({"step": int(step), "kind": kind, **values}) + "\n")
+            self._write_line(json.dumps({"step": int(step), "kind": kind, **values}) + "\n")
 
     def write_summaries(self, step, values, metadata=None) -> None:
         pass
@@ -69,10 +90,17 @@ class JsonlWriter(metric_writers.MetricWriter):
         pass
 
     def flush(self) -> None:
-        self._file.flush()
+        if self._file is not None:
+            self._file.flush()
+        elif self._dirty:
+            self._path.write_text("".join(self._lines))
+            self._written_at, self._dirty = time.monotonic(), False
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+        else:
+            self.flush()
 
 
 def create_writer(workdir: str, *, tensorboard: bool = True) -> metric_writers.MetricWriter:
@@ -91,27 +119,29 @@ def create_writer(workdir: str, *, tensorboard: bool = True) -> metric_writers.M
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
     """The records of `<workdir>/metrics.jsonl` (empty if there is none)."""
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
+    path = epath.Path(workdir) / METRICS_FILE
+    if not path.exists():
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def drop_metrics_after(workdir: str, step: int) -> int:
     """Removes records after `step` (a resumed run writes them again); returns how many.
 
-    Rewrites the file atomically (temporary file + rename).
+    Rewrites the file atomically (temporary file + rename; one object write on `gs://`).
     """
-    path = os.path.join(workdir, METRICS_FILE)
     records = read_metrics(workdir)
     kept = [r for r in records if r["step"] <= step]
     if len(kept) == len(records):
         return 0
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in kept)
-    os.replace(tmp, path)
+    text = "".join(json.dumps(r) + "\n" for r in kept)
+    if "://" in workdir:
+        (epath.Path(workdir) / METRICS_FILE).write_text(text)
+    else:
+        path = os.path.join(workdir, METRICS_FILE)
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
     return len(records) - len(kept)
 
 

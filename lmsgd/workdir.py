@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
+from etils import epath
 
 from lmsgd.errors import DiskFullError, IncompatibleCheckpointError, WorkdirError
 
@@ -112,11 +113,10 @@ def config_differences(saved: Mapping[str, Any], config: ml_collections.ConfigDi
 
 def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Refuses a config that differs from the workdir's `config.json` in what it trains."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if is_remote(workdir) or not os.path.exists(path):
+    path = epath.Path(workdir) / CONFIG_FILE
+    if not path.exists():
         return
-    with open(path) as f:
-        saved = json.load(f)
+    saved = json.loads(path.read_text())
     diffs = config_differences(saved, config)
     if diffs:
         shown = "; ".join(diffs[:5]) + (f"; and {len(diffs) - 5} more" if len(diffs) > 5 else "")
@@ -127,12 +127,17 @@ def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def write_json(workdir: str, name: str, obj: Any) -> None:
-    """Writes `<workdir>/<name>` atomically (temporary file + rename)."""
+    """Writes `<workdir>/<name>` atomically: temporary file + rename on a filesystem; one
+    object write (which replaces an object whole) on an object store such as `gs://`."""
+    text = json.dumps(obj, indent=2)
+    if is_remote(workdir):  # object stores have no directories to create
+        (epath.Path(workdir) / name).write_text(text)
+        return
     path = os.path.join(workdir, name)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
+            f.write(text)
         os.replace(tmp, path)
     except OSError as e:
         full = as_disk_full(e, path)
