@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from lmsgd.models import count_params
 from lmsgd.parallel.mesh import FLAT_AXES, HIERARCHICAL_AXES, batch_sharding, replicated
 
 
@@ -144,7 +144,7 @@ def build_step(config: Any, mesh: Mesh) -> StepSetup:
         step=step,
         state=state,
         batch=batch,
-        num_params=sum(math.prod(x.shape) for x in jax.tree.leaves(state.params)),
+        num_params=count_params(state.params),
         per_device_batch=plan.per_device_batch,
         accumulation_steps=plan.accumulation_steps,
         cost_factor=run.cost_analysis_factor,

@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from lmsgd.parallel.collectives import Collective, describe_collectives
+from lmsgd.parallel.collectives import Collective, describe_collectives, summarize_collectives
 from lmsgd.plan import compile as compile_lib
 from lmsgd.plan import estimate as estimate_lib
 from lmsgd.plan import targets as targets_lib
@@ -346,14 +346,12 @@ def plan(
         name = parsed.spec.replace(":", "_")
         with open(os.path.join(dump_hlo, f"train_step.{name}.hlo.txt"), "w") as f:
             f.write(compiled.hlo)
-    summary: dict[tuple[str, str], dict[str, Any]] = {}
-    for c in found:
-        e = summary.setdefault(
-            (c.op, c.dtype),
-            {"op": c.op, "dtype": c.dtype, "count": 0, "bytes": 0, "group_size": c.group_size},
-        )
-        e["count"] += 1
-        e["bytes"] += c.bytes
+    group_sizes = {f"{c.op}/{c.dtype}": c.group_size for c in reversed(found)}  # first one's
+    summary = [
+        {"op": key.split("/")[0], "dtype": key.split("/")[1], "count": totals["count"],
+         "bytes": totals["bytes"], "group_size": group_sizes[key]}
+        for key, totals in summarize_collectives(found).items()
+    ]  # fmt: skip
     processes = parsed.num_nodes if parsed.kind != "cpu" else 1
     return Plan(
         target=parsed.spec,
@@ -384,7 +382,7 @@ def plan(
         flops=compiled.flops,
         bytes_accessed=compiled.bytes_accessed,
         flops_per_image=compiled.flops / max(1, setup.per_device_batch),
-        collectives=list(summary.values()),
+        collectives=summary,
         gradient_allreduce_bytes=sum(
             c.bytes for c in found if c.op == "all-reduce" and c.dtype in grad_dtypes
         ),
