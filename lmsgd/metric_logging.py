@@ -21,6 +21,8 @@ import jax
 from clu import metric_writers
 from etils import epath
 
+from lmsgd.workdir import is_remote, write_text
+
 log = logging.getLogger("lmsgd")
 
 METRICS_FILE = "metrics.jsonl"
@@ -41,8 +43,7 @@ class JsonlWriter(metric_writers.MetricWriter):
     def __init__(self, path: str, remote_write_interval_s: float = 30.0):
         # An object store (gs://) cannot append: a remote file is kept in memory and written
         # whole at most every `remote_write_interval_s` seconds and on flush/close.
-        self._remote = "://" in path
-        if self._remote:
+        if is_remote(path):
             self._path = epath.Path(path)
             self._lines = self._path.read_text().splitlines(True) if self._path.exists() else []
             self._interval, self._dirty = remote_write_interval_s, False
@@ -134,14 +135,7 @@ def drop_metrics_after(workdir: str, step: int) -> int:
     kept = [r for r in records if r["step"] <= step]
     if len(kept) == len(records):
         return 0
-    text = "".join(json.dumps(r) + "\n" for r in kept)
-    if "://" in workdir:
-        (epath.Path(workdir) / METRICS_FILE).write_text(text)
-    else:
-        path = os.path.join(workdir, METRICS_FILE)
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+    write_text(workdir, METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
     return len(records) - len(kept)
 
 

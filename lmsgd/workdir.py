@@ -127,9 +127,13 @@ def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def write_json(workdir: str, name: str, obj: Any) -> None:
+    """Writes `<workdir>/<name>` as JSON, atomically (see `write_text`)."""
+    write_text(workdir, name, json.dumps(obj, indent=2))
+
+
+def write_text(workdir: str, name: str, text: str) -> None:
     """Writes `<workdir>/<name>` atomically: temporary file + rename on a filesystem; one
     object write (which replaces an object whole) on an object store such as `gs://`."""
-    text = json.dumps(obj, indent=2)
     if is_remote(workdir):  # object stores have no directories to create
         (epath.Path(workdir) / name).write_text(text)
         return

@@ -4,6 +4,7 @@ import json
 import math
 
 import jax
+import pytest
 
 from lmsgd.bench.__main__ import main
 
@@ -91,3 +92,12 @@ def test_baseline_mirrors_our_resnet50():
     assert count_params(ours["params"]) == count_params(base["params"]) == 25_557_032
     stats = jax.tree_util.tree_leaves_with_path(base["batch_stats"])
     assert {p[-1].key for p, _ in stats} == {"mean", "var"}
+
+
+@pytest.mark.parametrize("flag", ["--compile_rounds", "--accumulation_steps"])
+def test_bad_counts_are_one_argparse_error(flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["step", flag, "0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: '0' is not an integer >= 1" in err and "Traceback" not in err

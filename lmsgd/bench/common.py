@@ -141,6 +141,17 @@ def median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs))
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a bad value is one `error:` line from argparse)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+    return value
+
+
 def finite_positive(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 

@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--accumulation_steps",
-        type=int,
+        type=common.positive_int,
         default=1,
         help="ours runs K micro-batches of --per_device_batch per device per step (one "
         "all-reduce, one update); the baselines run one",
@@ -79,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--compile_rounds",
-        type=int,
+        type=common.positive_int,
         default=None,
         help="lower + compile every variant this many times, in alternating order (caches "
         "cleared between rounds); compile times are the fastest round's (default 2, 1 with "
@@ -276,8 +276,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # Compile times alternate in order over rounds: whichever variant compiles first in a
     # process also pays for warming up XLA and for whatever else starts with it.
     compile_rounds = args.compile_rounds or (1 if args.quick else 2)
-    if compile_rounds < 1:
-        raise ValueError(f"--compile_rounds={compile_rounds}: expected at least 1")
     compile_times: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
     for round_ in range(compile_rounds):
         if round_:
