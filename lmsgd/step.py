@@ -141,6 +141,23 @@ def after(x: jax.Array, tree: Any) -> jax.Array:
     return x + (token * 0.0).astype(x.dtype)
 
 
+def global_norm(tree: Any) -> jax.Array:
+    """L2 norm over every element of every leaf of ``tree``, a float32 scalar (the value of
+    ``optax.tree.norm``, in fewer kernels).
+
+    XLA:CPU compiles each reduction of a small vector into three kernels (square,
+    reduce-window, reduce), so per-leaf norms of ResNet-50's 107 vectors (biases,
+    normalization scales and offsets) and 106 statistics cost ~700 of its train step's ~3,000
+    kernels. The 1-D leaves (0.2% of its parameters) are concatenated and reduced once.
+    """
+    leaves = jax.tree.leaves(tree)
+    vectors = [jnp.ravel(x).astype(jnp.float32) for x in leaves if jnp.ndim(x) <= 1]
+    squares = [jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves if jnp.ndim(x) > 1]
+    if vectors:
+        squares.append(jnp.sum(jnp.square(jnp.concatenate(vectors))))
+    return jnp.sqrt(sum(squares, jnp.zeros((), jnp.float32)))
+
+
 def training_loss(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
     """Per-example cross-entropy against smoothed one-hot labels, float32 `[B]`."""
     if not label_smoothing:
@@ -265,8 +282,8 @@ def make_train_step(
         metrics = {
             "loss": jax.lax.pmean(loss, axes),
             "accuracy": jax.lax.pmean(acc, axes),
-            "grad_norm": optax.tree.norm(grads),
-            "param_norm": optax.tree.norm(params),
+            "grad_norm": global_norm(grads),
+            "param_norm": global_norm(params),
         }
         metrics.update({name: fn(state.step) for name, fn in schedules.items()})
         new_state = state.replace(
@@ -285,7 +302,7 @@ def make_train_step(
             jnp.isfinite(metrics["loss"])
             & jnp.isfinite(metrics["grad_norm"])
             & jnp.isfinite(metrics["param_norm"])
-            & jnp.isfinite(optax.tree.norm(new_state.batch_stats))
+            & jnp.isfinite(global_norm(new_state.batch_stats))
         )
         return new_state, metrics
 

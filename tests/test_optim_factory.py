@@ -311,3 +311,50 @@ def test_each_optimizer_trains_a_tiny_mlp(name, tiny_problem):
         losses.append(float(loss))
     assert np.all(np.isfinite(losses))
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+@pytest.mark.parametrize("exclude_1d", [False, True])
+def test_rmsprop_warmup_state_keeps_the_layout_of_checkpoints_with_separate_decay(
+    tmp_path, exclude_1d
+):
+    """Weight decay moved inside rmsprop_warmup (one loop over memory fewer); the chain keeps
+    the state at opt_state[1], so checkpoints written when decay was a separate
+    add_decayed_weights transformation restore unchanged (same fingerprint, same leaves)."""
+    from lmsgd.checkpointing import Checkpointer, state_fingerprint
+    from lmsgd.optim import multi_dim_mask, rmsprop_warmup
+
+    cfg = default_optimizer_config()
+    cfg.weight_decay_exclude_1d = exclude_1d
+    tx, schedules = create_optimizer(cfg, **BUILD)
+    old = optax.chain(  # what create_optimizer built before
+        optax.add_decayed_weights(cfg.weight_decay, mask=multi_dim_mask if exclude_1d else None),
+        rmsprop_warmup(schedules["learning_rate"], schedules["alpha_sgd"]),
+    )
+    params = _params()
+    grads = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params)
+    _, old_state = old.update(grads, old.init(params), params)
+    template = tx.init(params)
+    assert state_fingerprint(template) == state_fingerprint(old_state)
+
+    ckpt = Checkpointer(str(tmp_path), every_steps=1, keep=1, async_save=False)
+    fake_config = {"model": _AnyKey(), "optimizer": _AnyKey()}
+    ckpt.save(1, old_state, fake_config, force=True)
+    ckpt.wait()
+    restored, step = ckpt.restore(template, fake_config)
+    assert step == 1
+    assert jax.tree.structure(restored) == jax.tree.structure(template)
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(old_state)):
+        np.testing.assert_array_equal(a, b)
+    # and the restored state steps on like the old chain
+    new_updates, _ = tx.update(grads, restored, params)
+    old_updates, _ = old.update(grads, old_state, params)
+    for a, b in zip(jax.tree.leaves(new_updates), jax.tree.leaves(old_updates)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    ckpt.close()
+
+
+class _AnyKey(dict):
+    """A config section whose every key reads as None (the fingerprint only reads them)."""
+
+    def __getitem__(self, key):
+        return None

@@ -35,12 +35,15 @@ def jnp_eta(step):
     return jnp.where(step < 23, 0.8, jnp.where(step < 45, 0.8 - 0.01 * (step - 23), 0.12))
 
 
-def np_rmsprop_warmup(theta, grads, etas, alphas, eta_rms=ETA_RMS):
-    """The three update equations, verbatim, in float64. Returns thetas, ms and Deltas."""
+def np_rmsprop_warmup(theta, grads, etas, alphas, eta_rms=ETA_RMS, decay_per_element=0.0):
+    """The three update equations, verbatim, in float64. Returns thetas, ms and Deltas.
+
+    ``decay_per_element``: L2 weight decay added to each gradient element (PAPER.md s.4)."""
     theta = theta.astype(np.float64)
     m, delta = np.zeros_like(theta), np.zeros_like(theta)
     out = []
     for g, eta, a in zip(grads, etas, alphas):
+        g = g + decay_per_element * theta
         m = MU2 * m + (1 - MU2) * g**2
         alpha_rmsprop = (1 - a) * eta_rms / eta
         delta = MU1 * delta - (a + alpha_rmsprop / (np.sqrt(m) + EPS)) * g
@@ -111,6 +114,71 @@ def test_matches_numpy_reference_across_the_hand_over(learning_rate_can_be_zero)
         np.testing.assert_allclose(flat(s.delta), delta, rtol=1e-6, err_msg=err)
         assert int(s.count) == t + 1
         prev_theta = theta
+
+
+@pytest.mark.parametrize("learning_rate_can_be_zero", [True, False])
+def test_weight_decay_inside_matches_numpy_reference(learning_rate_can_be_zero):
+    """weight_decay (kernels only, via a mask) is L2 on the gradient before everything else."""
+    rng = np.random.default_rng(3)
+    params = make_params(rng)
+    grads = random_grads(rng, params, 30)
+    etas = [np_eta(t) for t in range(30)]
+    alphas = [np_alpha_sgd(t, STEPS_PER_EPOCH) for t in range(30)]
+    wd = 0.05  # large, so that a missing or unmasked decay shows
+    mask = lambda tree: jax.tree.map(lambda p: np.ndim(p) > 1, tree)
+    per_element = flat(
+        jax.tree.map(lambda p, on: np.full(np.shape(p), wd * on), params, mask(params))
+    )
+    assert 0 < per_element.sum() < wd * per_element.size  # some leaves decay, some do not
+    ref = np_rmsprop_warmup(flat(params), [flat(g) for g in grads], etas, alphas,
+                            decay_per_element=per_element)  # fmt: skip
+
+    with jax.enable_x64(True):
+        tx = rmsprop_warmup(
+            jnp_eta, alpha_sgd_schedule(STEPS_PER_EPOCH), rmsprop_learning_rate=ETA_RMS,
+            learning_rate_can_be_zero=learning_rate_can_be_zero, weight_decay=wd,
+            weight_decay_mask=mask,
+        )  # fmt: skip
+        p = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
+        state, update = tx.init(p), jax.jit(tx.update)
+        for t, (g, (theta, m, delta)) in enumerate(zip(grads, ref)):
+            u, state = update(jax.tree.map(jnp.asarray, g), state, p)
+            p = optax.apply_updates(p, u)
+            np.testing.assert_allclose(flat(p), theta, rtol=1e-6, err_msg=f"step {t}")
+            np.testing.assert_allclose(flat(state.m), m, rtol=1e-6, err_msg=f"step {t}")
+            np.testing.assert_allclose(flat(state.delta), delta, rtol=1e-6, err_msg=f"step {t}")
+
+
+def test_weight_decay_inside_equals_add_decayed_weights_in_float32():
+    """Bit for bit what optax.add_decayed_weights before rmsprop_warmup computes."""
+    rng = np.random.default_rng(4)
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), make_params(rng))
+    grads = random_grads(rng, params, 12)
+    mask = lambda tree: jax.tree.map(lambda p: jnp.ndim(p) > 1, tree)
+    lr, alpha = jnp_eta, alpha_sgd_schedule(1)
+    inside = rmsprop_warmup(lr, alpha, weight_decay=1e-2, weight_decay_mask=mask)
+    chained = optax.chain(optax.add_decayed_weights(1e-2, mask=mask), rmsprop_warmup(lr, alpha))
+
+    def run(tx):
+        p, state = params, tx.init(params)
+
+        @jax.jit
+        def step(p, state, g):
+            u, state = tx.update(g, state, p)
+            return optax.apply_updates(p, u), state
+
+        for g in grads:
+            p, state = step(p, state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), g))
+        return p
+
+    np.testing.assert_array_equal(flat(run(inside)), flat(run(chained)))
+
+
+def test_weight_decay_needs_params():
+    tx = rmsprop_warmup(0.1, 0.5, weight_decay=1e-4)
+    params = {"w": jnp.ones((2, 2))}
+    with pytest.raises(ValueError, match="weight_decay needs `params`"):
+        tx.update(params, tx.init(params))
 
 
 def test_float32_tracks_float64_reference():

@@ -28,6 +28,16 @@ def multi_dim_mask(params: optax.Params) -> Any:
     return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
+def _decay_state_only(weight_decay: float, mask: Any) -> optax.GradientTransformation:
+    """Identity with ``optax.add_decayed_weights``'s (empty) state: keeps the optimizer state's
+    layout of checkpoints written while weight decay was a separate pass before
+    :func:`rmsprop_warmup` (which now adds it inside its own loops)."""
+    layout = optax.add_decayed_weights(weight_decay, mask=mask)
+    return optax.GradientTransformation(
+        layout.init, lambda updates, state, params=None: (updates, state)
+    )
+
+
 def base_learning_rate(cfg: ConfigLike, global_batch_size: int) -> float:
     """``cfg.base_learning_rate``, or the linear scaling rule with ``cfg.lr_per_256``."""
     if cfg["base_learning_rate"] is not None:
@@ -108,12 +118,15 @@ def create_optimizer(
       functions of the optimizer step, for logging.
 
     The chain:
-      * 'rmsprop_warmup', 'momentum', 'nesterov': ``optax.add_decayed_weights`` (L2 on the
-        gradient, PAPER.md section 4; 1-D params exempt if ``weight_decay_exclude_1d``), then
-        :func:`rmsprop_warmup` or ``optax.sgd``. ``optax.sgd`` is ``trace`` followed by
-        ``scale_by_learning_rate``, i.e. the learning rate multiplies the momentum buffer
-        from outside, as in Goyal et al. and as :func:`rmsprop_warmup` does at alpha_sgd = 1
-        (checked in tests/test_optim_factory.py).
+      * 'rmsprop_warmup', 'momentum', 'nesterov': L2 weight decay on the gradient (PAPER.md
+        section 4; 1-D params exempt if ``weight_decay_exclude_1d``), then
+        :func:`rmsprop_warmup` or ``optax.sgd``. For SGD the decay is
+        ``optax.add_decayed_weights``; :func:`rmsprop_warmup` adds it inside its own two loops
+        (the same bits, one pass over memory and one kernel per tensor fewer), behind a
+        stateless stand-in that keeps ``opt_state[1]`` where checkpoints have it.
+        ``optax.sgd`` is ``trace`` followed by ``scale_by_learning_rate``, i.e. the learning
+        rate multiplies the momentum buffer from outside, as in Goyal et al. and as
+        :func:`rmsprop_warmup` does at alpha_sgd = 1 (checked in tests/test_optim_factory.py).
       * 'lars': ``optax.lars`` with the decay inside it (it adds L2 to the gradient before
         the trust ratio, like the chain above). 1-D params are exempt from adaptation and
         decay if ``lars_exclude_1d`` (or from decay if ``weight_decay_exclude_1d``). Note
@@ -180,7 +193,10 @@ def create_optimizer(
             learning_rate_can_be_zero=schedule_reaches_zero(
                 lr, math.ceil(num_epochs * steps_per_epoch)
             ),
+            weight_decay=wd,
+            weight_decay_mask=wd_mask,
         )
+        return optax.chain(_decay_state_only(wd, wd_mask), core), schedules
     else:  # 'momentum' or 'nesterov' (validated above)
         core = optax.sgd(lr, momentum=cfg["momentum"], nesterov=name == "nesterov")
     return optax.chain(optax.add_decayed_weights(wd, mask=wd_mask), core), schedules

@@ -16,8 +16,8 @@ rescaled by `d(local) / d(N)` in float32 and cast back, then summed across hosts
 remaining `d(N) / N` is applied in float32 after the last collective. The default e = 0.5
 spends half of float16's dynamic range on each side: at N = 1,024 the wire carries sum / 32,
 so coherent gradients up to ~2,000 do not overflow and i.i.d. gradients of std 1e-4 lose < 1%
-(docs/scaling_out.md has the measured table). float32 is unaffected: it divides by N before
-the sum, as always.
+(docs/scaling_out.md has the measured table). float32 needs no scaling on the wire: it sums,
+then divides by N.
 """
 
 from __future__ import annotations
@@ -73,14 +73,18 @@ def _reduce_buffer(
     """Mean over all devices of a 1-D or n-D buffer, by the chosen route; float32 result."""
     n = _axis_size(data_axes)
     if comm == jnp.float32:
-        # float32 has the range: divide by N first, as always, and sum (bit-identical to
-        # the behaviour before the 16-bit scaling existed).
-        y = _scale(x, 1.0 / n, comm)
+        # float32 has the range to sum first. The 1/N after the sum fuses into whatever
+        # reads the mean (the optimizer's loops, the norms); before the sum it is a pass of
+        # its own over every gradient (8 bytes per parameter, one kernel per tensor). For a
+        # power-of-two N both orders give the same bits.
+        y = x.astype(jnp.float32)
         if algorithm == "flat":
-            return jax.lax.psum(y, data_axes)
-        if algorithm == "hierarchical":
-            return jax.lax.psum(jax.lax.psum(y, local_axis), host_axis)
-        return _two_dimensional(y, host_axis, local_axis, lambda s: s)
+            total = jax.lax.psum(y, data_axes)
+        elif algorithm == "hierarchical":
+            total = jax.lax.psum(jax.lax.psum(y, local_axis), host_axis)
+        else:
+            total = _two_dimensional(y, host_axis, local_axis, lambda s: s)
+        return total * (1.0 / n)
 
     if algorithm == "flat":
         d = wire_divisor(n, exponent)
@@ -135,7 +139,8 @@ def allreduce_mean(
       algorithm: 'flat' (one all-reduce over all axes), 'hierarchical' (inside a host, then
         across hosts) or 'two_dimensional' (reduce-scatter / all-reduce / all-gather).
       dtype: what travels: 'float32', 'bfloat16' or 'float16'. The result is float32.
-        float32: each gradient is divided by N before the sum.
+        float32: the sum is divided by N (exactly the mean of the divided gradients for a
+        power-of-two N).
       fuse: send one flat buffer (all gradients concatenated) instead of one collective per
         tensor. Off by default: XLA's all-reduce combiner merges per-tensor collectives
         without the concatenation and split copies (ResNet-50 step on 8 CPU devices: 1.10x
