@@ -84,8 +84,9 @@ def run_jax(tx, params, grads, dtype):
 
 
 # ----------------------------------------------------------------------------- main check
+@pytest.mark.parametrize("saturate", [True, False])
 @pytest.mark.parametrize("learning_rate_can_be_zero", [True, False])
-def test_matches_numpy_reference_across_the_hand_over(learning_rate_can_be_zero):
+def test_matches_numpy_reference_across_the_hand_over(learning_rate_can_be_zero, saturate):
     rng = np.random.default_rng(0)
     params = make_params(rng)
     grads = random_grads(rng, params, NUM_STEPS)
@@ -101,6 +102,7 @@ def test_matches_numpy_reference_across_the_hand_over(learning_rate_can_be_zero)
             alpha_sgd_schedule(STEPS_PER_EPOCH),
             rmsprop_learning_rate=ETA_RMS,
             learning_rate_can_be_zero=learning_rate_can_be_zero,
+            saturate=saturate,
         )
         got = run_jax(tx, params, grads, jnp.float64)
         assert got[0][2].m["conv"]["kernel"].dtype == jnp.float64
@@ -264,6 +266,21 @@ def test_very_large_gradients_stay_finite_in_float32(scale):
         updates, state = update(g, state)
         for x in jax.tree.leaves((updates, state)):
             assert np.all(np.isfinite(np.asarray(x, np.float64))), (scale, x)
+
+
+def test_unsaturated_huge_gradients_behave_like_optax_scale_by_rms():
+    """saturate=False: g^2 overflows to inf, m is inf and the RMSprop term 0 for that element
+    (as optax.scale_by_rms); the update stays finite (no NaN), the SGD term exact."""
+    params = {"w": jnp.zeros((3,), jnp.float32)}
+    tx = rmsprop_warmup(0.1, 0.5, saturate=False)
+    g = {"w": jnp.asarray([1e25, 1.0, -2.0], jnp.float32)}
+    updates, state = jax.jit(tx.update)(g, tx.init(params))
+    assert np.isinf(state.m["w"][0]) and np.all(np.isfinite(state.m["w"][1:]))
+    assert np.all(np.isfinite(updates["w"])) and np.all(np.isfinite(state.delta["w"]))
+    np.testing.assert_allclose(state.delta["w"][0], -0.5 * 1e25, rtol=1e-6)  # SGD part only
+    m = optax.scale_by_rms(decay=MU2, eps=EPS, initial_scale=0.0, eps_in_sqrt=False)
+    _, rms_state = m.update(g, m.init(params))
+    np.testing.assert_array_equal(state.m["w"], rms_state.nu["w"])
 
 
 def test_zero_and_tiny_learning_rate():

@@ -13,6 +13,7 @@ from lmsgd.models import BatchStatsNorm, create_model, pool_statistics
 from lmsgd.parallel import create_mesh, describe_collectives, per_device_batch_size
 from lmsgd.step import (
     create_train_state,
+    global_norm,
     make_eval_step,
     make_population_stats_step,
     make_train_step,
@@ -325,3 +326,24 @@ def test_population_stats_pool_over_devices(mesh):
         model, optax.sgd(0.0), state.params, state.batch_stats, [data], 1
     )
     assert max_rel_err(stats, ref_stats) < 1e-5
+
+
+def test_global_norm_matches_numpy_and_overflows_like_a_norm():
+    rng = np.random.default_rng(0)
+    tree = {
+        "kernel": rng.normal(size=(3, 3, 4, 8)).astype(np.float32),
+        "bias": rng.normal(size=(8,)).astype(np.float32),
+        "scalar": np.float32(2.5),
+        "stats": {"mean": rng.normal(size=(5,)).astype(np.float32)},
+        "half": rng.normal(size=(4, 2)).astype(np.float16),
+    }
+    leaves = [np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)]
+    expected = np.linalg.norm(np.concatenate(leaves))
+    got = jax.jit(global_norm)(jax.tree.map(jnp.asarray, tree))
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert float(global_norm({})) == 0.0
+    # The train step's `finite` flag relies on this: a 1-D gradient entry above ~1.8e19 (which
+    # rmsprop_warmup(saturate=False) would square to inf) makes the norm inf.
+    tree["bias"][3] = 2e19
+    assert np.isinf(jax.jit(global_norm)(jax.tree.map(jnp.asarray, tree)))

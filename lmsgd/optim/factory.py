@@ -195,6 +195,9 @@ def create_optimizer(
             ),
             weight_decay=wd,
             weight_decay_mask=wd_mask,
+            # The train step refuses any step whose gradient norm is not finite, which covers
+            # every gradient the saturation would act on (|g| > ~1.8e19 overflows the norm).
+            saturate=False,
         )
         return optax.chain(_decay_state_only(wd, wd_mask), core), schedules
     else:  # 'momentum' or 'nesterov' (validated above)
