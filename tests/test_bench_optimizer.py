@@ -84,12 +84,14 @@ def test_optimizer_suite_smallest_setting(tmp_path, capsys):
         ]
     )  # fmt: skip
     out = capsys.readouterr().out
-    assert "stock composition == rmsprop_warmup" in out
+    assert "stock_rmsprop_warmup == rmsprop_warmup over 3 steps" in out
+    assert "stock_rmsprop_warmup_wd == rmsprop_warmup_wd over 3 steps" in out
     saved = json.loads(next(tmp_path.glob("bench_optimizer_*.json")).read_text())
     assert saved["suite"] == record["suite"] == "optimizer"
     assert saved["hardware"]["platform"] == "cpu" and saved["versions"]["optax"]
     assert set(saved["results"]) == {
-        "rmsprop_warmup", "rmsprop_warmup_eta0", "stock_rmsprop_warmup", "sgd_momentum"
+        "rmsprop_warmup", "rmsprop_warmup_saturated", "rmsprop_warmup_eta0",
+        "stock_rmsprop_warmup", "rmsprop_warmup_wd", "stock_rmsprop_warmup_wd", "sgd_momentum",
     }  # fmt: skip
     # The slow-start rate never reaches 0: ours compiles to the stock chain's bytes; the
     # eta = 0 limit adds 8 per parameter (12 + 16 + 8 = 36 against 12 + 16 + 16 = 44).
@@ -97,6 +99,17 @@ def test_optimizer_suite_smallest_setting(tmp_path, capsys):
     assert results["rmsprop_warmup"]["bytes_per_param_update"] == pytest.approx(36, abs=0.5)
     assert results["rmsprop_warmup_eta0"]["bytes_per_param_update"] == pytest.approx(44, abs=0.5)
     assert saved["summary"]["bytes_rmsprop_warmup_over_stock"] == pytest.approx(1.0, abs=0.01)
+    # Weight decay inside: two loops read the parameter (16 + 20 + 12 = 48 with the update
+    # applied), where add_decayed_weights first costs a pass of its own (12 + 40 = 52).
+    apply = "bytes_per_param_update_and_apply"
+    assert results["rmsprop_warmup_wd"][apply] == pytest.approx(48, abs=0.5)
+    assert results["stock_rmsprop_warmup_wd"][apply] == pytest.approx(52, abs=0.5)
+    assert results["rmsprop_warmup_wd"]["floor_bytes_per_param"] == {
+        "update": 28, "update_and_apply": 28
+    }  # fmt: skip
+    assert saved["equivalence"]["max_relative_update_difference_wd"] <= 1e-5
+    for r in results.values():
+        assert len(r["compile_s"]) == 2 and r["compile_s_min"] == min(r["compile_s"]) > 0
     for r in saved["results"].values():
         for key in ("update_s_median", "state_bytes", "param_bytes", "state_over_param_bytes"):
             assert math.isfinite(r[key]) and r[key] > 0, key

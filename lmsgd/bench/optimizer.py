@@ -3,12 +3,16 @@
 For a model's parameter shapes (default ResNet-50, 25,557,032 float32 values), times one
 jitted update (``tx.update`` + ``optax.apply_updates``, parameters and state donated) of:
 
-* ``rmsprop_warmup``: lmsgd's fused transformation (PAPER.md s.1);
+* ``rmsprop_warmup``: lmsgd's fused transformation (PAPER.md s.1) as the optimizer factory
+  builds it; also with its default ``saturate=True`` and compiled with the eta = 0 limit;
 * ``stock_rmsprop_warmup``: the same update composed from stock optax parts
   (``scale_by_schedule``, ``scale_by_rms``, ``trace``, ``scale_by_learning_rate``; the only
   glue is a two-line "sum of two branches" combinator optax lacks). Before timing, the run
   checks that it produces the same parameters as ``rmsprop_warmup`` over steps that cross the
   RMSprop -> SGD hand-over and learning-rate changes;
+* ``rmsprop_warmup_wd`` and ``stock_rmsprop_warmup_wd``: the two with the paper's weight decay
+  (1e-4 on kernels): inside ``rmsprop_warmup``, and as ``optax.add_decayed_weights`` before
+  the stock composition (also checked equal);
 * ``sgd_momentum``: ``optax.sgd(momentum=0.9)``, the plain baseline.
 
 State bytes are reported against parameter bytes; ``rmsprop_warmup`` must hold exactly two
@@ -16,14 +20,17 @@ parameter-sized buffers (m and Delta) plus a step counter. Memory traffic is XLA
 analysis ("bytes accessed") per parameter, of ``tx.update`` alone and of the timed update
 (``+ apply_updates``), next to its floor: every state buffer and the gradient read once, every
 state buffer and the step (or the parameters) written once, e.g. 24 and 28 bytes per float32
-parameter for the two buffers of RMSprop warm-up. Prints a table and writes JSON to
-``--results_dir``.
+parameter for the two buffers of RMSprop warm-up (28 and 28 with weight decay, which reads the
+parameter). Compile time is that of the timed update, fastest of two rounds in opposite
+orders. Prints a table and writes JSON to ``--results_dir``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
+import time
 from typing import Any
 
 from lmsgd.bench import common
@@ -89,6 +96,7 @@ def optimizers(steps_per_epoch: float = 1.0) -> dict[str, Any]:
 
     from lmsgd.optim import (
         alpha_sgd_schedule,
+        multi_dim_mask,
         rmsprop_warmup,
         schedule_reaches_zero,
         slow_start_schedule,
@@ -97,48 +105,87 @@ def optimizers(steps_per_epoch: float = 1.0) -> dict[str, Any]:
     lr = slow_start_schedule(1.6, steps_per_epoch, boundaries=(2, 4, 6))
     alpha = alpha_sgd_schedule(steps_per_epoch, beta_center=3.0, beta_period=4.0)
     eta_rms = lambda c: 3e-4
-    # As create_optimizer builds it: the slow-start rate is never 0, so no eta = 0 limit.
+    # As create_optimizer builds it: the slow-start rate is never 0, so no eta = 0 limit, and
+    # no saturation of huge gradients (the train step refuses those steps by their norm).
     can_be_zero = schedule_reaches_zero(lr, int(8 * steps_per_epoch))
+    ours = functools.partial(
+        rmsprop_warmup, lr, alpha, rmsprop_learning_rate=3e-4,
+        learning_rate_can_be_zero=can_be_zero, saturate=False,
+    )  # fmt: skip
+    decay = functools.partial(optax.add_decayed_weights, WEIGHT_DECAY, mask=multi_dim_mask)
     return {
         "rmsprop_warmup": (
-            rmsprop_warmup(
-                lr, alpha, rmsprop_learning_rate=3e-4, learning_rate_can_be_zero=can_be_zero
-            ),
-            "lmsgd.optim.rmsprop_warmup as create_optimizer builds it for slow start",
-        ),  # fmt: skip
+            ours(),
+            "lmsgd.optim.rmsprop_warmup as create_optimizer builds it (slow start)",
+        ),
+        "rmsprop_warmup_saturated": (
+            ours(saturate=True),
+            "the same with saturate=True (the transformation's default)",
+        ),
         "rmsprop_warmup_eta0": (
-            rmsprop_warmup(lr, alpha, rmsprop_learning_rate=3e-4, learning_rate_can_be_zero=True),
+            ours(learning_rate_can_be_zero=True),
             "rmsprop_warmup compiled with the eta = 0 limit (schedules that reach 0)",
         ),
         "stock_rmsprop_warmup": (
             stock_rmsprop_warmup(lr, alpha, eta_rms),
             "same update from optax scale_by_schedule/scale_by_rms/trace/scale_by_lr",
         ),
+        "rmsprop_warmup_wd": (
+            ours(weight_decay=WEIGHT_DECAY, weight_decay_mask=multi_dim_mask),
+            "rmsprop_warmup with the paper's weight decay inside (the factory's whole chain)",
+        ),
+        "stock_rmsprop_warmup_wd": (
+            optax.chain(decay(), stock_rmsprop_warmup(lr, alpha, eta_rms)),
+            "optax.add_decayed_weights, then the stock composition",
+        ),
         "sgd_momentum": (optax.sgd(lr, momentum=0.9), "optax.sgd(momentum=0.9) baseline"),
     }
 
 
-def traffic_floor(state_buffers: int, param_bytes: int = 4) -> dict[str, int]:
+# The paper's L2 weight decay (PAPER.md s.4), on kernels only as multi_dim_mask selects.
+WEIGHT_DECAY = 1e-4
+# Pairs compared in the summary: ours, its stock-optax equivalent.
+PAIRS = {"": ("rmsprop_warmup", "stock_rmsprop_warmup"),
+         "_wd": ("rmsprop_warmup_wd", "stock_rmsprop_warmup_wd")}  # fmt: skip
+
+
+def traffic_floor(
+    state_buffers: int, param_bytes: int = 4, reads_params: bool = False
+) -> dict[str, int]:
     """Fewest bytes per parameter an update can move: read the gradient and each state buffer,
     write each state buffer and the step (``update``); with ``apply_updates`` also read the
-    parameter, and write the parameter instead of the step (``update_and_apply``)."""
-    update = (1 + state_buffers) * param_bytes + (state_buffers + 1) * param_bytes
-    return {"update": update, "update_and_apply": update + param_bytes}
+    parameter, and write the parameter instead of the step (``update_and_apply``). Weight
+    decay (``reads_params``) makes the update read the parameter too (the same bytes with
+    ``apply_updates``, which reads it anyway)."""
+    reads = (1 + state_buffers + reads_params) * param_bytes
+    update = reads + (state_buffers + 1) * param_bytes
+    return {"update": update, "update_and_apply": update + (not reads_params) * param_bytes}
 
 
 def check_equivalence(shapes, steps: int = CHECK_STEPS, rtol: float = 1e-5) -> dict[str, Any]:
-    """Runs rmsprop_warmup and stock_rmsprop_warmup side by side; raises if they differ.
+    """Runs each pair of ``PAIRS`` (rmsprop_warmup and its stock-optax composition, without and
+    with weight decay) side by side; raises if they differ.
 
     Gradients change every step (fresh noise times a per-tensor scale spread over 1e-3..1e1,
     so RMSprop's normalization matters). Returns the largest difference of the updates,
-    relative to the largest update of that step.
+    relative to the largest update of that step, per pair.
     """
+    opts = optimizers()
+    worst = {}
+    for suffix, (a, b) in PAIRS.items():
+        worst[f"max_relative_update_difference{suffix}"], param_diff = _compare(
+            opts[a][0], opts[b][0], f"{b} differs from {a}", shapes, steps, rtol
+        )
+        worst[f"max_abs_param_difference{suffix}"] = param_diff
+    return {"steps": steps, **worst, "rtol": rtol}
+
+
+def _compare(a_tx, b_tx, what: str, shapes, steps: int, rtol: float) -> tuple[float, float]:
+    """Largest relative update difference over ``steps`` and the final parameter difference."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    opts = optimizers()
-    a_tx, b_tx = opts["rmsprop_warmup"][0], opts["stock_rmsprop_warmup"][0]
     params = common.random_tree(shapes, 0, 0.05)
     scales = {n: 10.0 ** (4 * i / max(1, len(shapes) - 1) - 3) for i, n in enumerate(shapes)}
 
@@ -163,12 +210,11 @@ def check_equivalence(shapes, steps: int = CHECK_STEPS, rtol: float = 1e-5) -> d
         worst = max(worst, float(diff))
         if not float(diff) <= rtol:
             raise AssertionError(
-                f"stock optax composition differs from rmsprop_warmup at step {step}: "
-                f"max relative difference of updates {float(diff):.3g} > {rtol}"
+                f"{what} at step {step}: max relative difference of updates "
+                f"{float(diff):.3g} > {rtol}"
             )
     param_diff = max(float(np.max(np.abs(np.asarray(pa[n]) - np.asarray(pb[n])))) for n in shapes)
-    return {"steps": steps, "max_relative_update_difference": worst,
-            "max_abs_param_difference": param_diff, "rtol": rtol}  # fmt: skip
+    return worst, param_diff
 
 
 def state_bytes(opt_state, params) -> dict[str, Any]:
@@ -240,7 +286,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         opt_state = jax.jit(tx.init)(params)
         info = state_bytes(opt_state, params)
         fn = jax.jit(update, donate_argnums=(0, 1))
+        t0 = time.perf_counter()
         compiled = fn.lower(params, opt_state, grads).compile()
+        compile_s = time.perf_counter() - t0
         # tx.update alone: the figure comparable with the update's own floor.
         update_only = jax.jit(tx.update).lower(grads, opt_state, params).compile()
         update_cost = common.compiled_cost(update_only)
@@ -264,8 +312,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "update_only_temp_bytes": update_memory.get("temp", 0),
             "bytes_per_param_update": update_cost["bytes_accessed"] / elements,
             "bytes_per_param_update_and_apply": cost["bytes_accessed"] / elements,
-            "floor_bytes_per_param": traffic_floor(info["param_sized_buffers"]),
+            "floor_bytes_per_param": traffic_floor(
+                info["param_sized_buffers"], reads_params=name.endswith("_wd")
+            ),
+            "compile_s": [compile_s],
         }
+        del params, opt_state
+    # Compile time: a second round in reverse order (caches cleared), the fastest one counts,
+    # so that no optimizer is always the first compiled in the process.
+    for name, (tx, _) in reversed(list(optimizers().items())):
+        jax.clear_caches()
+
+        def update(params, opt_state, grads, tx=tx):
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        params = common.random_tree(shapes, 0, 0.05)
+        opt_state = jax.jit(tx.init)(params)
+        t0 = time.perf_counter()
+        jax.jit(update, donate_argnums=(0, 1)).lower(params, opt_state, grads).compile()
+        results[name]["compile_s"].append(time.perf_counter() - t0)
+        results[name]["compile_s_min"] = min(results[name]["compile_s"])
         del params, opt_state
     # Alternating rounds: load from other processes on a shared machine hits every optimizer
     # alike, so the ratios hold even where absolute times drift.
@@ -304,13 +371,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     for r in results.values():
         r["time_vs_rmsprop_warmup"] = r["update_s_median"] / rw["update_s_median"]
-    stock = results["stock_rmsprop_warmup"]
-    summary = {
-        "time_rmsprop_warmup_over_stock": rw["update_s_median"] / stock["update_s_median"],
-        "bytes_rmsprop_warmup_over_stock": rw["xla_bytes_accessed"] / stock["xla_bytes_accessed"],
-        "bytes_update_over_floor": rw["bytes_per_param_update"]
-        / rw["floor_bytes_per_param"]["update"],
-    }
+    summary = {}
+    for suffix, (a, b) in PAIRS.items():
+        ours, stock = results[a], results[b]
+        summary.update({
+            f"time_rmsprop_warmup_over_stock{suffix}":
+                ours["update_s_median"] / stock["update_s_median"],
+            f"bytes_rmsprop_warmup_over_stock{suffix}":
+                ours["xla_bytes_accessed"] / stock["xla_bytes_accessed"],
+            f"compile_rmsprop_warmup_over_stock{suffix}":
+                ours["compile_s_min"] / stock["compile_s_min"],
+            f"bytes_update_over_floor{suffix}":
+                ours["bytes_per_param_update"] / ours["floor_bytes_per_param"]["update"],
+        })  # fmt: skip
     config = {
         "model": args.model,
         "param_elements": elements,
@@ -345,6 +418,7 @@ def print_table(record: dict[str, Any]) -> None:
         rows.append(
             [
                 name,
+                r["compile_s_min"],
                 r["update_s_median"] * 1e3,
                 r["time_vs_rmsprop_warmup"],
                 f"{r['bytes_per_param_update']:.0f} / {r['floor_bytes_per_param']['update']}",
@@ -365,6 +439,7 @@ def print_table(record: dict[str, Any]) -> None:
             rows,
             [
                 "optimizer",
+                "compile s",
                 "update ms",
                 "vs ours",
                 "B/param update / floor",
@@ -381,19 +456,23 @@ def print_table(record: dict[str, Any]) -> None:
         )  # fmt: skip
     )
     print(
-        "B/param: XLA cost analysis bytes accessed per parameter of tx.update alone and of the "
-        "timed update (+ optax.apply_updates, donated); floor: read gradient and state (and "
-        "parameters), write state and step (or parameters) once; minflt/update: minor page "
-        "faults per timed update (getrusage)"
+        "compile s: lower + compile of the timed update, fastest of 2 rounds in opposite "
+        "orders; B/param: XLA cost analysis bytes accessed per parameter of tx.update alone "
+        "and of the timed update (+ optax.apply_updates, donated); floor: read gradient and "
+        "state (and parameters), write state and step (or parameters) once; minflt/update: "
+        "minor page faults per timed update (getrusage)"
     )
-    print(
-        f"stock composition == rmsprop_warmup over {eq['steps']} steps: max relative update "
-        f"difference {eq['max_relative_update_difference']:.2g} (tolerance {eq['rtol']:g}), "
-        f"max |param difference| {eq['max_abs_param_difference']:.2g}"
-    )
+    for suffix, (a, b) in PAIRS.items():
+        print(
+            f"{b} == {a} over {eq['steps']} steps: max relative update difference "
+            f"{eq['max_relative_update_difference' + suffix]:.2g} (tolerance {eq['rtol']:g}), "
+            f"max |param difference| {eq['max_abs_param_difference' + suffix]:.2g}"
+        )
     sm = record["summary"]
-    print(
-        f"rmsprop_warmup / stock_rmsprop_warmup: {sm['time_rmsprop_warmup_over_stock']:.3f}x "
-        f"time, {sm['bytes_rmsprop_warmup_over_stock']:.3f}x bytes (update + apply); update "
-        f"alone {sm['bytes_update_over_floor']:.2f}x its floor"
-    )
+    for suffix, (a, b) in PAIRS.items():
+        print(
+            f"{a} / {b}: {sm['time_rmsprop_warmup_over_stock' + suffix]:.3f}x time, "
+            f"{sm['bytes_rmsprop_warmup_over_stock' + suffix]:.3f}x bytes (update + apply), "
+            f"{sm['compile_rmsprop_warmup_over_stock' + suffix]:.2f}x compile; update alone "
+            f"{sm['bytes_update_over_floor' + suffix]:.2f}x its floor"
+        )
