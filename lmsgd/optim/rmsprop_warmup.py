@@ -55,7 +55,9 @@ prints it), as does the same update built from stock optax parts. Two choices ge
 
 With the update applied in the same program (``optax.apply_updates``, what the train step
 does) the three loops are m_t (12), Delta_t (16) and the parameters (reads p, Delta_t; 12): 40
-bytes against a floor of 28, as for the stock optax chain.
+bytes against a floor of 28, as for the stock optax chain. With ``weight_decay`` the m_t and
+Delta_t loops also read the parameter: 16 + 20 + 12 = 48 bytes, where
+``optax.add_decayed_weights`` before the update costs a pass of its own (12 + 40 = 52).
 
 On GPU and TPU, XLA fuses sibling loops into multi-output fusions, so the 24-byte floor
 itself is reachable there.
