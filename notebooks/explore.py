@@ -379,9 +379,10 @@ display(fig)
 # %% [markdown]
 # ## 4. The compiled step's collectives
 #
-# The train step is one `jax.jit` of a `shard_map`: forward, backward, the gradient all-reduce
-# (`lmsgd.parallel.allreduce_mean`: pre-scale, cast to `allreduce.dtype`, reduce, rescale and
-# use in float32) and the optimizer update. XLA compiles the all-reduce into the step, so the
+# The train step is one `jax.jit`: a `shard_map` of forward, backward and the gradient
+# all-reduce (`lmsgd.parallel.allreduce_mean`: pre-scale, cast to `allreduce.dtype`, reduce,
+# rescale and use in float32), then the optimizer update on the replicated mean gradient.
+# XLA compiles the all-reduce into the step, so the
 # compiled program's HLO is the ground truth for what goes over the wire.
 # `lmsgd.parallel.describe_collectives` parses it; `summarize_collectives` totals it per
 # operation and dtype (elements and bytes are those of each result, on one device). The mesh
