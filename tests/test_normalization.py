@@ -219,3 +219,36 @@ def test_virtual_batches_normalize_each_chunk_and_record_the_union():
     np.testing.assert_allclose(y_eval, np_norm(x)[0], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="virtual_batch_size=5 must divide"):
         BatchStatsNorm(virtual_batch_size=5).apply(variables, x, train=True, mutable=True)
+
+
+def test_gradient_equals_plain_formula():
+    """The centring mean is held constant for differentiation (d var / d mean = 0 exactly):
+    gradients w.r.t. input, scale and bias equal those of the plain formula autodiffed through
+    every term (float64), to float32 rounding (BatchStatsNorm computes in float32). Holding
+    the wrong mean constant (the normalization's) would be off by O(1)."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(8, 5, 5, 6)) * 3.0 + 2.0
+    w = rng.normal(size=x.shape)
+    scale, bias = rng.normal(size=(6,)), rng.normal(size=(6,))
+    norm = BatchStatsNorm()
+    variables = norm.init(jax.random.key(0), jnp.zeros(x.shape, jnp.float32), train=True)
+
+    def ours(x, scale, bias):
+        v = {**variables, "params": {"scale": scale, "bias": bias}}
+        y, _ = norm.apply(v, x, train=True, mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(y) * w)
+
+    def plain(x, scale, bias):
+        mean = jnp.mean(x, axis=(0, 1, 2))
+        var = jnp.mean((x - mean) ** 2, axis=(0, 1, 2))
+        return jnp.sum(jnp.sin((x - mean) / jnp.sqrt(var + EPS) * scale + bias) * w)
+
+    f32 = [jnp.asarray(a, jnp.float32) for a in (x, scale, bias)]
+    got = jax.grad(ours, argnums=(0, 1, 2))(*f32)
+    with jax.enable_x64(True):
+        want = jax.grad(plain, argnums=(0, 1, 2))(
+            *[jnp.asarray(a, jnp.float64) for a in (x, scale, bias)]
+        )
+        want = [np.asarray(r) for r in want]
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=2e-5 * np.max(np.abs(r)))

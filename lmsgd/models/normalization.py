@@ -108,7 +108,11 @@ def moments(
     """
     x32 = x.astype(jnp.float32)
     mean = jnp.mean(x32, axis=reduction_axes)
-    var = jnp.mean(jnp.square(x32 - jnp.expand_dims(mean, reduction_axes)), axis=reduction_axes)
+    # d var / d mean = -2 mean(x - mean) = 0 exactly, so the centring mean is held constant
+    # for differentiation: the same gradient, without a reduction per layer in the backward
+    # pass that would only sum rounding residue.
+    centre = jax.lax.stop_gradient(jnp.expand_dims(mean, reduction_axes))
+    var = jnp.mean(jnp.square(x32 - centre), axis=reduction_axes)
     if axis_name is not None and group_size != 1:
         pooled_mean = group_mean(mean, axis_name, group_size)
         var = group_mean(var + jnp.square(mean - pooled_mean), axis_name, group_size)
