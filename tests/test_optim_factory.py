@@ -321,6 +321,7 @@ def test_rmsprop_warmup_state_keeps_the_layout_of_checkpoints_with_separate_deca
     the state at opt_state[1], so checkpoints written when decay was a separate
     add_decayed_weights transformation restore unchanged (same fingerprint, same leaves)."""
     from lmsgd.checkpointing import Checkpointer, state_fingerprint
+    from lmsgd.config import base_config
     from lmsgd.optim import multi_dim_mask, rmsprop_warmup
 
     cfg = default_optimizer_config()
@@ -337,10 +338,10 @@ def test_rmsprop_warmup_state_keeps_the_layout_of_checkpoints_with_separate_deca
     assert state_fingerprint(template) == state_fingerprint(old_state)
 
     ckpt = Checkpointer(str(tmp_path), every_steps=1, keep=1, async_save=False)
-    fake_config = {"model": _AnyKey(), "optimizer": _AnyKey()}
-    ckpt.save(1, old_state, fake_config, force=True)
+    config = base_config()
+    ckpt.save(1, old_state, config, force=True)
     ckpt.wait()
-    restored, step = ckpt.restore(template, fake_config)
+    restored, step = ckpt.restore(template, config)
     assert step == 1
     assert jax.tree.structure(restored) == jax.tree.structure(template)
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(old_state)):
@@ -351,10 +352,3 @@ def test_rmsprop_warmup_state_keeps_the_layout_of_checkpoints_with_separate_deca
     for a, b in zip(jax.tree.leaves(new_updates), jax.tree.leaves(old_updates)):
         np.testing.assert_allclose(a, b, rtol=1e-6)
     ckpt.close()
-
-
-class _AnyKey(dict):
-    """A config section whose every key reads as None (the fingerprint only reads them)."""
-
-    def __getitem__(self, key):
-        return None
