@@ -141,6 +141,9 @@ def test_tpu_topology_compiles_with_tpu_compiler():
     # TPU packs two f16 values per u32 word: count bytes, not elements.
     packed = [c for c in p.collectives if c["op"] == "all-reduce" and c["dtype"] == "u32"]
     assert packed
+    # Only all-reduces (gradients, statistics, metrics): the optimizer update, which runs
+    # on the replicated gradient outside the shard_map, adds no collective of its own.
+    assert {c["op"] for c in p.collectives} == {"all-reduce"}, p.collectives
     assert 2 * n_params <= p.gradient_allreduce_bytes <= 1.01 * 2 * n_params
     assert p.fits and p.memory["capacity_bytes"] == int(HARDWARE["v5p"].hbm_bytes)
     assert p.flops > 0 and p.estimate.step_s > 0
