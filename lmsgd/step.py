@@ -10,8 +10,8 @@ computed by every device.
 Gradients: inside `shard_map` (check_vma=True) JAX would psum the gradient of replicated
 parameters in float32 on its own. We take it with respect to a device-varying copy
 (`jax.lax.pcast(..., to='varying')`), so the gradient is local and the only reduction is ours:
-`allreduce_mean`, in the configured dtype and topology. Tests check the result is the
-global-batch mean.
+`allreduce_sum` (and its scale to the mean), in the configured dtype and topology. Tests check
+the result is the global-batch mean.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from jax.sharding import PartitionSpec as P
 
 from lmsgd.data.metrics import masked_topk_correct
 from lmsgd.models.normalization import BATCH_STATS, pool_statistics
-from lmsgd.parallel.allreduce import allreduce_mean
+from lmsgd.parallel.allreduce import allreduce_sum
 from lmsgd.parallel.mesh import batch_sharding, data_axes, replicated
 
 Batch = Mapping[str, jax.Array]
@@ -201,7 +201,7 @@ def make_train_step(
       tx: the optimizer (its update is applied to the all-reduced mean gradient).
       mesh: from `create_mesh`; parameters and optimizer state are replicated over it.
       schedules: logged per step, evaluated at the step *before* the update (as the optimizer).
-      allreduce_*: see `allreduce_mean`.
+      allreduce_*: see `lmsgd.parallel.allreduce_mean`.
       accumulation_steps: K. Each device splits its examples into K micro-batches and runs
         them one after another (`jax.lax.scan`: activations of one micro-batch live at a
         time), summing gradients locally; then one all-reduce and one optimizer update.
@@ -243,8 +243,8 @@ def make_train_step(
         return loss, accuracy(logits, labels), grads, updates.get(BATCH_STATS, {})
 
     def gradients(params, batch_stats, batch: Batch):
-        """Per device: the all-reduced mean gradient, the global-batch loss and accuracy and
-        the exactly pooled statistics, all invariant over the mesh."""
+        """Per device: the all-reduced mean gradient and its norm, the global-batch loss and
+        accuracy and the exactly pooled statistics, all invariant over the mesh."""
         local_params = jax.lax.pcast(params, axes, to="varying")
         if k == 1:
             loss, acc, grads, stats = micro_step(
@@ -271,7 +271,7 @@ def make_train_step(
             )
             loss, acc, grads = jax.tree.map(lambda x: x / k, (loss, acc, grads))
             stats = pool_micro_batch_stats(stats)
-        grads = allreduce_mean(
+        sums, scale = allreduce_sum(
             grads,
             data_axes=axes,
             algorithm=allreduce_algorithm,
@@ -279,15 +279,22 @@ def make_train_step(
             fuse=allreduce_fuse,
             predivide_exponent=allreduce_predivide_exponent,
         )
+        # The norm is taken of the sums and the mean is scaled where the optimizer reads it:
+        # a norm of the scaled mean would make XLA:CPU write the mean out first (it fuses no
+        # elementwise producer into a reduction): a pass and a kernel per tensor more.
+        grad_norm = global_norm(sums) * scale
+        grads = jax.tree.map(lambda x: x * scale, sums)
         loss, acc = jax.lax.pmean((loss, acc), axes)
-        return grads, loss, acc, pool_batch_stats(stats, axes)
+        return grads, grad_norm, loss, acc, pool_batch_stats(stats, axes)
 
     sharded_gradients = jax.shard_map(
         gradients, mesh=mesh, in_specs=(P(), P(), P(axes)), out_specs=P()
     )
 
     def step(state: TrainState, batch: Batch):
-        grads, loss, acc, batch_stats = sharded_gradients(state.params, state.batch_stats, batch)
+        grads, grad_norm, loss, acc, batch_stats = sharded_gradients(
+            state.params, state.batch_stats, batch
+        )
         # The update runs on the replicated gradient outside the shard_map: every device still
         # computes it (no collective is added; tests check the compiled ones), but the
         # per-device program's boundary then carries no optimizer state, which XLA compiles
@@ -297,7 +304,7 @@ def make_train_step(
         metrics = {
             "loss": loss,
             "accuracy": acc,
-            "grad_norm": global_norm(grads),
+            "grad_norm": grad_norm,
             "param_norm": global_norm(params),
         }
         metrics.update({name: fn(state.step) for name, fn in schedules.items()})

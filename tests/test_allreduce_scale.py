@@ -225,13 +225,18 @@ def test_float16_travels_as_float16(float16_rows):
 # In the test session itself (8 devices, conftest.py): the rule and the knob, cheaply.
 
 
-def _allreduce_on_session_devices(values: np.ndarray, algorithm: str, **kwargs) -> np.ndarray:
-    """`allreduce_mean` of row d of `values` `[8, E]` on device d; mesh (2, 4) unless flat."""
+def _allreduce_on_session_devices(
+    values: np.ndarray, algorithm: str, function: str = "allreduce_mean", **kwargs
+) -> np.ndarray:
+    """`allreduce_mean` (or `allreduce_sum`'s sums) of row d of `values` `[8, E]` on device d;
+    mesh (2, 4) unless flat."""
     import jax
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from lmsgd.parallel.allreduce import allreduce_mean
+    from lmsgd.parallel import allreduce
+
+    reduce = getattr(allreduce, function)
 
     devices = np.array(jax.devices()[:8])
     mesh = jax.sharding.Mesh(
@@ -241,7 +246,8 @@ def _allreduce_on_session_devices(values: np.ndarray, algorithm: str, **kwargs) 
     axes = tuple(mesh.axis_names)
 
     def per_device(g):
-        return allreduce_mean(g[0], data_axes=axes, algorithm=algorithm, **kwargs)
+        out = reduce(g[0], data_axes=axes, algorithm=algorithm, **kwargs)
+        return out[0] if function == "allreduce_sum" else out
 
     fn = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=P(axes), out_specs=P()))
     return np.asarray(fn(jax.device_put(values, NamedSharding(mesh, P(axes)))))
@@ -258,12 +264,44 @@ def test_wire_divisor_rule():
 
 @pytest.mark.parametrize("algorithm", ["flat", "hierarchical", "two_dimensional"])
 def test_float32_unchanged_by_the_exponent(algorithm):
-    """float32 divides by N before the sum whatever the exponent (the behaviour it had)."""
+    """float32 sums, then divides by N, whatever the exponent."""
     values = np.random.default_rng(1).normal(size=(8, 37)).astype(np.float32)
     a = _allreduce_on_session_devices(values, algorithm, dtype="float32")
     b = _allreduce_on_session_devices(values, algorithm, dtype="float32", predivide_exponent=0.0)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(a, values.astype(np.float64).mean(0), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("algorithm", ["flat", "hierarchical", "two_dimensional"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_allreduce_sum_leaves_only_the_last_scaling(algorithm, dtype):
+    """`allreduce_sum` gives what travelled last, in float32, and the factor to the mean:
+    1/N for float32 (the plain sum), d(N)/N for 16-bit (the sum arrives divided by d(N))."""
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    from lmsgd.parallel.allreduce import allreduce_sum, wire_divisor
+
+    rng = np.random.default_rng(5)
+    values = rng.normal(size=(8, 37)).astype(np.float32)
+    sums = _allreduce_on_session_devices(values, algorithm, "allreduce_sum", dtype=dtype)
+    d = 1.0 if dtype == "float32" else wire_divisor(8, 0.5)
+    np.testing.assert_allclose(
+        sums, values.astype(np.float64).sum(0) / d, rtol=1e-6 if d == 1 else 2e-3, atol=1e-3
+    )
+    # The scale is a Python float known at trace time (no device value to wait for).
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("data",))
+    seen = []
+
+    def per_device(g):
+        total, scale = allreduce_sum({"g": g[0]}, data_axes=("data",), dtype=dtype)
+        seen.append(scale)
+        return total["g"]
+
+    jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=P("data"), out_specs=P()))(values)
+    assert seen == [d / 8]
+    mean = _allreduce_on_session_devices(values, algorithm, dtype=dtype)
+    np.testing.assert_array_equal(mean, (sums * np.float32(d / 8)).astype(np.float32))
 
 
 @pytest.mark.parametrize("algorithm", ["flat", "hierarchical", "two_dimensional"])

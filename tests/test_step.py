@@ -378,3 +378,38 @@ def test_donated_state_is_updated_in_place_without_copies(mesh):
     # Scalars (step counters) and at most one vector (XLA keeps the head's bias): with the
     # statistics' buffers mis-paired, every 1-D optimizer state and statistic was copied.
     assert len([shape for shape in copied if not shape.endswith("[]")]) <= 1, copied
+
+
+def test_mean_gradient_is_not_written_out(mesh):
+    """The all-reduced sums are scaled to the mean inside the optimizer's loops: no kernel
+    of the compiled step only reads one all-reduced gradient and writes it out scaled (a pass
+    over memory and a kernel per tensor, as when the gradient norm read the scaled mean)."""
+    import re
+
+    model = create_model("cifar_resnet8", num_classes=CLASSES, width_multiplier=0.25)
+    tx, _ = create_optimizer(
+        default_optimizer_config(), global_batch_size=16, steps_per_epoch=10, num_epochs=2
+    )
+    state = create_train_state(model, tx, jax.random.key(0), IMAGE, mesh)
+    batch = jax.tree.map(jnp.asarray, batches(1)[0])
+    hlo = make_train_step(model, tx, mesh).lower(state, batch).compile().as_text()
+    entry = next(c for c in re.split(r"\n(?=\S)", hlo) if c.startswith("ENTRY"))
+    entry = re.sub(r"/\*index=\d+\*/", "", entry)
+    reduces = re.findall(r"(%\S+) = \(([^)]*)\) all-reduce\(", entry)
+    grad_reduce, _ = max(reduces, key=lambda r: r[1].count("["))  # the gradients' tuple
+    reduced = dict(  # name -> shape of each all-reduced array
+        re.findall(
+            rf"(%\S+) = (\w+\[[\d,]*\])\S* get-tuple-element\({re.escape(grad_reduce)}\)", entry
+        )
+    )
+    # (XLA may merge equal gradients, e.g. of two offsets at their initial values)
+    assert len(reduced) > len(jax.tree.leaves(state.params)) // 2, "gradients not found"
+    # A kernel of one all-reduced operand writing an array of its shape (not a norm's scalar,
+    # nor a slice of the pooled statistics, which travel in the same all-reduce).
+    scaled_copies = [
+        line.strip()[:120]
+        for line in entry.splitlines()
+        if (m := re.search(r"= (\w+\[[\d,]*\])\S* fusion\((%[^,)\s]+)\), kind=kLoop", line))
+        and reduced.get(m[2]) == m[1]
+    ]
+    assert not scaled_copies, scaled_copies

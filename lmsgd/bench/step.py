@@ -82,8 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=common.positive_int,
         default=None,
         help="lower + compile every variant this many times, in alternating order (caches "
-        "cleared between rounds); compile times are the fastest round's (default 2, 1 with "
-        "--quick)",
+        "cleared between rounds); compile times are the fastest round's, as a slower round "
+        "is the machine's noise, not the program's (default 2; 3 with --quick, whose "
+        "compiles take seconds)",
     )
     parser.add_argument("--no_baseline", action="store_true", help="time our step only")
     common.add_common_arguments(parser)
@@ -275,7 +276,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rolled = args.scan or devices[0].platform != "cpu"
     # Compile times alternate in order over rounds: whichever variant compiles first in a
     # process also pays for warming up XLA and for whatever else starts with it.
-    compile_rounds = args.compile_rounds or (1 if args.quick else 2)
+    compile_rounds = args.compile_rounds or (3 if args.quick else 2)
     compile_times: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
     for round_ in range(compile_rounds):
         if round_:
