@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -289,3 +290,48 @@ def _random_tree_fn(items, leading, sharding):
         return out
 
     return jax.jit(make, out_shardings=sharding)
+
+
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2,
+                "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}  # fmt: skip
+_ARRAY = re.compile(r"\b(\w+)\[([\d,]*)\]")
+
+
+def _array_bytes(shapes: str) -> int:
+    """Bytes of every array in an HLO shape string (a tuple counts all its elements), by the
+    logical dimensions: tile padding and memory-space annotations are ignored."""
+    total = 0
+    for dtype, dims in _ARRAY.findall(shapes):
+        if dtype in _DTYPE_BYTES:
+            total += _DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
+    return total
+
+
+def fusion_traffic(hlo_text: str) -> dict[str, Any]:
+    """Memory traffic of a compiled program's top-level fused kernels, read from its HLO.
+
+    Counts, for every fusion of the entry computation, the logical bytes of its operands
+    (each read once) and of its outputs (each written once). That is what the kernels move
+    when each streams its operands once, the figure to hold against a floor. XLA's cost
+    analysis is not that figure on every backend: the TPU compiler's adds tile padding (a
+    64-element vector occupies an (8, 128) tile) and its own prefetch copies into on-chip
+    memory. Returns ``{'fusions', 'outputs_per_fusion' (sorted list), 'bytes'}``.
+    """
+    text = re.sub(r"/\*index=\d+\*/", "", hlo_text)
+    entry = next((c for c in re.split(r"\n(?=\S)", text) if c.startswith("ENTRY")), "")
+    defined: dict[str, str] = {}
+    fusions = []
+    for line in entry.splitlines():
+        m = re.match(r"\s*(?:ROOT )?(%\S+) = (\([^=]*?\)|\S+) (\S+?)\((.*?)\)(?:,|$)", line)
+        if not m:
+            continue
+        name, shape, op, operands = m.groups()
+        defined[name] = shape
+        if op == "fusion":
+            fusions.append((shape, re.findall(r"%[\w.\-]+", operands)))
+    moved = 0
+    outputs = []
+    for shape, operands in fusions:
+        moved += _array_bytes(shape) + sum(_array_bytes(defined.get(o, "")) for o in operands)
+        outputs.append(len(_ARRAY.findall(shape)))
+    return {"fusions": len(fusions), "outputs_per_fusion": sorted(outputs), "bytes": moved}

@@ -48,6 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rounds", type=int, default=3, help="optimizers alternate in this many timed rounds"
     )
     parser.add_argument("--check_steps", type=int, default=CHECK_STEPS)
+    parser.add_argument(
+        "--target",
+        default=None,
+        help="compile (not run) every update for one chip of this accelerator, e.g. "
+        "'tpu:v5p:2x2x1' (needs libtpu, `pip install -e .[plan]`; no TPU needed), and report "
+        "its fused kernels' traffic against the floor instead of timing on this machine",
+    )
     common.add_common_arguments(parser)
 
 
@@ -150,16 +157,25 @@ PAIRS = {"": ("rmsprop_warmup", "stock_rmsprop_warmup"),
 
 
 def traffic_floor(
-    state_buffers: int, param_bytes: int = 4, reads_params: bool = False
-) -> dict[str, int]:
+    state_buffers: int, param_bytes: int = 4, reads_params: float = 0.0
+) -> dict[str, float]:
     """Fewest bytes per parameter an update can move: read the gradient and each state buffer,
     write each state buffer and the step (``update``); with ``apply_updates`` also read the
     parameter, and write the parameter instead of the step (``update_and_apply``). Weight
-    decay (``reads_params``) makes the update read the parameter too (the same bytes with
-    ``apply_updates``, which reads it anyway)."""
+    decay makes the update read the parameter too, for the fraction ``reads_params`` of the
+    parameters that decay (the same bytes with ``apply_updates``, which reads it anyway)."""
     reads = (1 + state_buffers + reads_params) * param_bytes
     update = reads + (state_buffers + 1) * param_bytes
-    return {"update": update, "update_and_apply": update + (not reads_params) * param_bytes}
+    return {"update": update, "update_and_apply": update + (1 - reads_params) * param_bytes}
+
+
+def decayed_fraction(name: str, shapes) -> float:
+    """Fraction of the parameters whose update reads them for weight decay: the kernels
+    (``multi_dim_mask``) for the ``_wd`` optimizers, none for the others."""
+    if name not in PAIRS["_wd"]:
+        return 0.0
+    sizes = [(math.prod(s), len(s) > 1) for s in shapes.values()]
+    return sum(n for n, decays in sizes if decays) / sum(n for n, _ in sizes)
 
 
 def check_equivalence(shapes, steps: int = CHECK_STEPS, rtol: float = 1e-5) -> dict[str, Any]:
@@ -221,12 +237,13 @@ def state_bytes(opt_state, params) -> dict[str, Any]:
     """Bytes of an optimizer state, and how many parameter-sized buffers it holds."""
     import jax
 
+    nbytes = lambda x: x.size * x.dtype.itemsize  # arrays and jax.ShapeDtypeStruct alike
     param_leaves = jax.tree.leaves(params)
-    param_bytes = sum(x.nbytes for x in param_leaves)
+    param_bytes = sum(nbytes(x) for x in param_leaves)
     leaves = jax.tree.leaves(opt_state)
-    total = sum(x.nbytes for x in leaves)
+    total = sum(nbytes(x) for x in leaves)
     scalar = [x for x in leaves if x.ndim == 0]
-    array_bytes = total - sum(x.nbytes for x in scalar)
+    array_bytes = total - sum(nbytes(x) for x in scalar)
     # A parameter-sized buffer: a sub-tree with the parameters' structure and shapes.
     buffers = 0
 
@@ -272,8 +289,113 @@ def _compile_update(tx, params, opt_state, grads) -> tuple[Any, float]:
     return compiled, time.perf_counter() - t0
 
 
+def run_for_target(args: argparse.Namespace) -> dict[str, Any]:
+    """Compile every update for one chip of ``args.target`` and read its fused kernels.
+
+    XLA:CPU compiles one output per loop, so an update with three outputs cannot reach its
+    floor there; the TPU (and GPU) compiler fuses sibling loops into multi-output kernels.
+    This compiles, without the accelerator, what such a chip would run, and counts the bytes
+    its kernels read and write (``common.fusion_traffic``) against the same floor."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from lmsgd.bench.allreduce import model_shapes
+    from lmsgd.plan import targets as targets_lib
+
+    target = targets_lib.parse_target(args.target)
+    if target.kind != "tpu":
+        raise SystemExit(
+            f"--target {args.target!r}: only TPU targets compile here (libtpu); a GPU "
+            "compiles only on a GPU host, where the timed benchmark runs instead"
+        )
+    device = targets_lib.tpu_devices(target)[0]
+    replicated = NamedSharding(Mesh([device], ("d",)), P())
+    shapes = model_shapes(args.model)
+    elements = sum(math.prod(s) for s in shapes.values())
+    on_chip = lambda tree: jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), tree
+    )
+    params = on_chip({k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in shapes.items()})
+    results = {}
+    for name, (tx, description) in optimizers().items():
+        opt_state = on_chip(jax.eval_shape(tx.init, params))
+        info = state_bytes(opt_state, params)
+        floor = traffic_floor(
+            info["param_sized_buffers"], reads_params=decayed_fraction(name, shapes)
+        )
+        update_only = jax.jit(tx.update).lower(params, opt_state, params).compile()
+        compiled, compile_s = _compile_update(tx, params, opt_state, params)
+        row = {"description": description, "compile_s": compile_s, **info}
+        for key, program in (("update", update_only), ("update_and_apply", compiled)):
+            traffic = common.fusion_traffic(program.as_text())
+            row[key] = {
+                "fusions": traffic["fusions"],
+                "outputs_per_fusion": traffic["outputs_per_fusion"],
+                "fused_bytes_per_param": traffic["bytes"] / elements,
+                "floor_bytes_per_param": floor[key],
+                "over_floor": traffic["bytes"] / elements / floor[key],
+                "xla_bytes_per_param": common.compiled_cost(program)["bytes_accessed"] / elements,
+            }
+        results[name] = row
+    config = {
+        "model": args.model,
+        "param_elements": elements,
+        "param_tensors": len(shapes),
+        "target": target.spec,
+        "device_kind": device.device_kind,
+        "notes": "compiled with libtpu for one chip of the target, not run; fused bytes: "
+        "logical bytes of every top-level fusion's operands and outputs (lmsgd.bench.common."
+        "fusion_traffic); xla: the TPU compiler's cost analysis (adds tile padding and "
+        "prefetch copies)",
+    }
+    record = common.new_record("optimizer", [], config)
+    record["results"] = results
+    record["summary"] = {
+        f"fused_bytes_over_floor_{key}{suffix}": results[PAIRS[suffix][0]][key]["over_floor"]
+        for suffix in PAIRS
+        for key in ("update", "update_and_apply")
+    }
+    print_target_table(record)
+    record["json_path"] = common.write_record(record, args.results_dir, "optimizer")
+    return record
+
+
+def print_target_table(record: dict[str, Any]) -> None:
+    c = record["config"]
+    print(
+        f"optimizer update compiled for one {c['device_kind']} chip ({c['target']}, not run), "
+        f"{c['model']} shapes ({c['param_elements']:,} float32 in {c['param_tensors']} tensors)"
+    )
+    rows = []
+    for name, r in record["results"].items():
+        u, a = r["update"], r["update_and_apply"]
+        outputs = sorted(set(a["outputs_per_fusion"]))
+        rows.append([
+            name, a["fusions"], "/".join(str(o) for o in outputs),
+            f"{u['fused_bytes_per_param']:.2f} / {u['floor_bytes_per_param']:.2f}",
+            f"{a['fused_bytes_per_param']:.2f} / {a['floor_bytes_per_param']:.2f}",
+            a["over_floor"], f"{u['xla_bytes_per_param']:.1f} / {a['xla_bytes_per_param']:.1f}",
+        ])  # fmt: skip
+    header = [
+        "optimizer", "kernels (+apply)", "outputs/kernel", "fused B/param update / floor",
+        "+apply / floor", "+apply over floor", "XLA cost B/param update / +apply",
+    ]  # fmt: skip
+    print(common.table(rows, header))
+    print(
+        "fused B/param: bytes the compiled kernels read and write (each operand read once, "
+        "each output written once, logical sizes) per parameter; floor: as in the timed "
+        "table; XLA cost: the TPU compiler's own figure, which adds tile padding of small "
+        "vectors and its prefetch copies into on-chip memory"
+    )
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Check equivalence, time every optimizer; print a table; write JSON; return it."""
+    """Check equivalence, time every optimizer; print a table; write JSON; return it.
+    With ``--target``, compile for that accelerator instead (:func:`run_for_target`)."""
+    if args.target:
+        return run_for_target(args)
     devices = common.setup_devices(args.devices)
     import jax
 
@@ -319,7 +441,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "bytes_per_param_update": update_cost["bytes_accessed"] / elements,
             "bytes_per_param_update_and_apply": cost["bytes_accessed"] / elements,
             "floor_bytes_per_param": traffic_floor(
-                info["param_sized_buffers"], reads_params=name in PAIRS["_wd"]
+                info["param_sized_buffers"], reads_params=decayed_fraction(name, shapes)
             ),
             "compile_s": [compile_s],
         }
@@ -418,9 +540,9 @@ def print_table(record: dict[str, Any]) -> None:
                 r["compile_s_min"],
                 r["update_s_median"] * 1e3,
                 r["time_vs_rmsprop_warmup"],
-                f"{r['bytes_per_param_update']:.0f} / {r['floor_bytes_per_param']['update']}",
+                f"{r['bytes_per_param_update']:.0f} / {r['floor_bytes_per_param']['update']:.1f}",
                 f"{r['bytes_per_param_update_and_apply']:.0f} / "
-                f"{r['floor_bytes_per_param']['update_and_apply']}",
+                f"{r['floor_bytes_per_param']['update_and_apply']:.1f}",
                 r["effective_bytes_per_s"] / 1e9,
                 common.human_bytes(r["state_bytes"]),
                 r["state_over_param_bytes"],
