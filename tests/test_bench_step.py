@@ -20,8 +20,13 @@ def _positive(x):
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
-def test_step_suite_smallest_setting(tmp_path, capsys):
+def test_step_suite_smallest_setting(tmp_path, capsys, monkeypatch):
+    clears = []
+    clear_caches = jax.clear_caches
+    monkeypatch.setattr(jax, "clear_caches", lambda: (clears.append(1), clear_caches())[1])
     record = main(["step", *TINY, "--compile_rounds", "2", "--results_dir", str(tmp_path)])
+    # Every compile starts cold: the two baselines share traces (same model and optimizer).
+    assert len(clears) == 2 * 3
     out = capsys.readouterr().out
     assert "ours / baseline" in out and "MFU" in out and "mem/dev" in out
     assert "minflt/step" in out and "parameter-sized buffers" in out
