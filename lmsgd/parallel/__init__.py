@@ -1,6 +1,6 @@
 """Data parallelism: the device mesh, the gradient all-reduce and collective inspection."""
 
-from lmsgd.parallel.allreduce import ALGORITHMS, DTYPES, allreduce_mean
+from lmsgd.parallel.allreduce import ALGORITHMS, DTYPES, allreduce_mean, allreduce_sum
 from lmsgd.parallel.collectives import Collective, describe_collectives, summarize_collectives
 from lmsgd.parallel.mesh import (
     batch_sharding,
@@ -15,6 +15,7 @@ __all__ = [
     "DTYPES",
     "Collective",
     "allreduce_mean",
+    "allreduce_sum",
     "batch_sharding",
     "create_mesh",
     "data_axes",
