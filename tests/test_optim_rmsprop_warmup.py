@@ -428,3 +428,25 @@ def test_compiled_update_keeps_no_parameter_sized_temporary(
     # Floor 24 (read g, m, Delta; write m, Delta, step); three single-output loops (XLA:CPU
     # has no multi-output fusion) need 12 (m_t) + 16 (Delta_t) + 8 (step) at least.
     assert cost["bytes accessed"] <= bytes_per_param * n + 1024, cost["bytes accessed"] / n
+
+
+def test_weight_decay_mask_must_be_static_bools_per_tensor():
+    """A mask of traced values, of per-element arrays or of another structure is refused with
+    one clear message; numpy bools work like Python bools."""
+    params = {"w": jnp.ones((2, 3)), "b": jnp.ones((3,))}
+    grads = jax.tree.map(lambda p: 0.1 * p, params)
+    make = lambda mask: rmsprop_warmup(0.1, 0.5, weight_decay=0.1, weight_decay_mask=mask)
+    tx = make(lambda p: {"w": np.bool_(True), "b": np.bool_(False)})
+    ref = make(lambda p: {"w": True, "b": False})
+    got = jax.jit(tx.update)(grads, tx.init(params), params)[0]
+    want = jax.jit(ref.update)(grads, ref.init(params), params)[0]
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+    for bad, says in [
+        (lambda p: jax.tree.map(lambda x: jnp.any(x > 0), p), "known when tracing"),
+        (lambda p: jax.tree.map(lambda x: np.ones(x.shape, bool), p), "one bool per"),
+        (lambda p: {"w": True}, "shaped like the parameters"),
+    ]:
+        tx = make(bad)
+        with pytest.raises(ValueError, match="weight_decay_mask") as info:
+            jax.jit(tx.update)(grads, tx.init(params), params)
+        assert says in str(info.value)

@@ -262,7 +262,26 @@ def _weight_decays(
         mask = mask(params)
     if mask is None:
         return jax.tree.map(lambda _: float(weight_decay), like)
-    return jax.tree.map(lambda on: float(weight_decay) if on else 0.0, mask)
+    if jax.tree.structure(mask) != jax.tree.structure(like):
+        raise ValueError(
+            "rmsprop_warmup(weight_decay_mask=...) must give one bool per parameter tensor, "
+            f"shaped like the parameters; got {jax.tree.structure(mask)} for parameters "
+            f"{jax.tree.structure(like)}"
+        )
+
+    def factor(on: Any) -> float:
+        # The decay of each tensor is compiled into its loops, so it must be known when
+        # tracing: a Python or numpy bool (as `multi_dim_mask` gives), not a traced array.
+        try:
+            return float(weight_decay) if bool(on) else 0.0
+        except (jax.errors.ConcretizationTypeError, TypeError, ValueError) as e:
+            raise ValueError(
+                "rmsprop_warmup(weight_decay_mask=...) must give one bool per parameter "
+                "tensor, known when tracing (Python or numpy bools, e.g. from "
+                f"lmsgd.optim.multi_dim_mask, which decides by ndim); got {on!r}"
+            ) from e
+
+    return jax.tree.map(factor, mask)
 
 
 def _unzip3(tree_of_triples: Any, like: Any) -> tuple[Any, Any, Any]:
