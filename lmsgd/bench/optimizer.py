@@ -23,6 +23,11 @@ state buffer and the step (or the parameters) written once, e.g. 24 and 28 bytes
 parameter for the two buffers of RMSprop warm-up (28 and 28 with weight decay, which reads the
 parameter). Compile time is that of the timed update, fastest of two rounds in opposite
 orders. Prints a table and writes JSON to ``--results_dir``.
+
+With ``--target tpu:<version>:<topology>`` nothing is timed: every update is compiled for one
+chip of that TPU slice through libtpu (no TPU needed) and the compiled kernels' own traffic
+is held against the same floor (XLA:CPU has one output per loop, so its 36 bytes for the
+three outputs of RMSprop warm-up are not what an accelerator runs).
 """
 
 from __future__ import annotations
