@@ -91,6 +91,60 @@ def _open_workdir(run: Run, workdir: str, stack: contextlib.ExitStack):
     return state, start_step, ckpt, writer
 
 
+def _compile_train_step(run: Run, state: Any, batch: Any) -> tuple[Any, float, float]:
+    """The run's one compilation of the train step: ``(compiled, seconds, FLOPs per global
+    step)``, FLOPs from XLA's cost analysis of the per-device program."""
+    config, plan = run.config, run.plan
+    t0 = time.perf_counter()
+    compiled = run.train_step().lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    flops_per_step = float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))
+    flops_per_step *= plan.num_devices * run.cost_analysis_factor
+    log.info(
+        "%s: %s parameters, %.3g FLOPs/step; %d steps (%d/epoch); batch %d = %d devices x "
+        "%d micro-batches x %d; BN over %d; all-reduce %s %s; compiled in %.1fs",
+        config.model.name, f"{count_params(state.params):,}", flops_per_step,
+        plan.total_steps, plan.steps_per_epoch, config.global_batch_size, plan.num_devices,
+        plan.accumulation_steps, plan.micro_batch, plan.bn_span_examples,
+        config.allreduce.algorithm, config.allreduce.dtype, compile_s,
+    )  # fmt: skip
+    return compiled, compile_s, flops_per_step
+
+
+def _periodic_actions(config, writer, workdir: str, total_steps: int):
+    """clu's progress report (and timed sections), and the profiler when configured:
+    ``(progress, hooks)``; each hook is called with the step after every step."""
+    progress = periodic_actions.ReportProgress(
+        num_train_steps=total_steps, writer=writer, every_steps=config.logging.every_steps
+    )
+    hooks = [progress]
+    if config.logging.profile_steps and jax.process_index() == 0:
+        first, last = config.logging.profile_steps
+        hooks.append(periodic_actions.Profile(
+            logdir=workdir, first_profile=first, num_profile_steps=last - first,
+            profile_duration_ms=None, every_secs=None,
+        ))  # fmt: skip
+    return progress, hooks
+
+
+def _train_scalars(
+    metrics: dict, run: Run, step: int, *, steps: int, seconds: float, wait_s: float
+) -> dict[str, float]:
+    """The step's metrics (host floats) and the throughput of the last ``steps`` steps, which
+    took ``seconds`` of which ``wait_s`` waiting for input."""
+    plan = run.plan
+    images_per_s = steps * run.config.global_batch_size / seconds
+    return {
+        **{k: float(v) for k, v in metrics.items() if k != "finite"},
+        "epoch": step / plan.steps_per_epoch,
+        "step_time_s": seconds / steps,
+        "images_per_s": images_per_s,
+        "images_per_s_per_device": images_per_s / plan.num_devices,
+        "data_wait_fraction": wait_s / seconds,
+    }
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (or resumes) in `workdir` and evaluates; returns the final summary.
 
@@ -105,30 +159,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         batches = run.train_batches(start_step)
         eval_step = run.eval_step()
         batch = next(batches)
-        t0 = time.perf_counter()
-        compiled = run.train_step().lower(state, batch).compile()  # the one compilation
-        compile_s = time.perf_counter() - t0
-        cost = compiled.cost_analysis()
-        flops_per_step = float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))
-        flops_per_step *= plan.num_devices * run.cost_analysis_factor
-        log.info(
-            "%s: %s parameters, %.3g FLOPs/step; %d steps (%d/epoch); batch %d = %d devices x "
-            "%d micro-batches x %d; BN over %d; all-reduce %s %s; compiled in %.1fs",
-            config.model.name, f"{count_params(state.params):,}", flops_per_step,
-            plan.total_steps, plan.steps_per_epoch, g, plan.num_devices,
-            plan.accumulation_steps, plan.micro_batch, plan.bn_span_examples,
-            config.allreduce.algorithm, config.allreduce.dtype, compile_s,
-        )  # fmt: skip
-        progress = periodic_actions.ReportProgress(
-            num_train_steps=plan.total_steps, writer=writer, every_steps=config.logging.every_steps
-        )
-        hooks = [progress]
-        if config.logging.profile_steps and jax.process_index() == 0:
-            first, last = config.logging.profile_steps
-            hooks.append(periodic_actions.Profile(
-                logdir=workdir, first_profile=first, num_profile_steps=last - first,
-                profile_duration_ms=None, every_secs=None,
-            ))  # fmt: skip
+        compiled, compile_s, flops_per_step = _compile_train_step(run, state, batch)
+        progress, hooks = _periodic_actions(config, writer, workdir, plan.total_steps)
 
         def last_committed() -> str:
             if ckpt is None:
@@ -160,16 +192,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if step % config.logging.every_steps == 0 or step == plan.total_steps:
                 check(step, metrics)
                 now = time.perf_counter()
-                scalars = {k: float(v) for k, v in metrics.items() if k != "finite"}
-                scalars.update(
-                    epoch=step / plan.steps_per_epoch,
-                    step_time_s=(now - log_t) / (step - log_step),
-                    images_per_s=(step - log_step) * g / (now - log_t),
-                    images_per_s_per_device=(step - log_step)
-                    * g
-                    / (now - log_t)
-                    / plan.num_devices,
-                    data_wait_fraction=wait_s / (now - log_t),
+                scalars = _train_scalars(
+                    metrics, run, step, steps=step - log_step, seconds=now - log_t, wait_s=wait_s
                 )
                 writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
                 log_t, log_step, wait_s = now, step, 0.0
@@ -214,7 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             "images_per_s": (step - start_step) * g / wall if wall > 0 else 0.0,
             "num_params": count_params(state.params),
             "flops_per_step": flops_per_step,
-            "plan": {**run.plan.__dict__},
+            "plan": {**plan.__dict__},
             "devices": f"{plan.num_devices} x {jax.devices()[0].device_kind}",
             "resumed_from_step": start_step,
             "skipped_corrupt_images": batches.num_skipped,
