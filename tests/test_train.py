@@ -65,6 +65,14 @@ def test_end_to_end(tmp_path):
     for key in ("loss", "accuracy", "learning_rate", "alpha_sgd", "grad_norm", "images_per_s",
                 "images_per_s_per_device", "step_time_s", "data_wait_fraction"):  # fmt: skip
         assert np.isfinite(train[-1][key]), key
+    # Throughput is consistent with the batch (64 images) and the 8 devices.
+    for r in train:
+        assert r["images_per_s"] * r["step_time_s"] == pytest.approx(64, rel=1e-6)
+        assert r["images_per_s_per_device"] * 8 == pytest.approx(r["images_per_s"], rel=1e-9)
+        assert 0 <= r["data_wait_fraction"] <= 1
+    assert [r["epoch"] for r in train] == pytest.approx(
+        [r["step"] / STEPS_PER_EPOCH for r in train]
+    )
     # alpha_sgd follows PAPER.md's formula at the logged step (schedule read before update).
     e = 1 / STEPS_PER_EPOCH  # step 2's update used step 1 -> epoch 1/22
     assert train[0]["alpha_sgd"] == pytest.approx(0.5 * np.exp(2 * (e - 0.2) / 0.2), rel=1e-5)
