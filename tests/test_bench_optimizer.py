@@ -175,6 +175,12 @@ def test_tpu_compiled_update_is_at_its_floor(tmp_path, capsys):
         assert json.load(f)["summary"]["fused_bytes_over_floor_update_and_apply"] < 1.001
 
 
-def test_target_other_than_tpu_is_refused():
-    with pytest.raises(SystemExit, match="only TPU targets"):
-        main(["optimizer", "--target", "gpu:h100:8x1", "--model", "cifar_resnet8"])
+@pytest.mark.parametrize(
+    ("target", "says"),
+    [("gpu:h100:8x1", "only TPU targets"), ("bogus", "unknown --target 'bogus'; allowed"),
+     ("tpu:v9:2x2", "unknown TPU generation 'v9'")],
+)  # fmt: skip
+def test_bad_target_is_one_line(target, says):
+    with pytest.raises(SystemExit, match=says) as info:
+        main(["optimizer", "--target", target, "--model", "cifar_resnet8"])
+    assert str(info.value).startswith("error: ") and "\n" not in str(info.value)

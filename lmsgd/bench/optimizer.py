@@ -309,13 +309,16 @@ def run_for_target(args: argparse.Namespace) -> dict[str, Any]:
     from lmsgd.bench.allreduce import model_shapes
     from lmsgd.plan import targets as targets_lib
 
-    target = targets_lib.parse_target(args.target)
-    if target.kind != "tpu":
-        raise SystemExit(
-            f"--target {args.target!r}: only TPU targets compile here (libtpu); a GPU "
-            "compiles only on a GPU host, where the timed benchmark runs instead"
-        )
-    device = targets_lib.tpu_devices(target)[0]
+    try:  # a bad target, an unknown topology or no libtpu: one line, not a traceback
+        target = targets_lib.parse_target(args.target)
+        if target.kind != "tpu":
+            raise targets_lib.PlanError(
+                f"--target {args.target!r}: only TPU targets compile here (libtpu); a GPU "
+                "compiles only on a GPU host, where the timed benchmark runs instead"
+            )
+        device = targets_lib.tpu_devices(target)[0]
+    except targets_lib.PlanError as e:
+        raise SystemExit(f"error: {e}") from None
     replicated = NamedSharding(Mesh([device], ("d",)), P())
     shapes = model_shapes(args.model)
     elements = sum(math.prod(s) for s in shapes.values())
