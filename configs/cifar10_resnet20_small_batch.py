@@ -33,7 +33,7 @@ def get_config():
     config.optimizer.name = "momentum"
     config.optimizer.schedule = "goyal"
     config.optimizer.base_learning_rate = 0.1
-    config.optimizer.warmup_epochs = 0.0
+    config.optimizer.goyal.warmup_epochs = 0.0
     config.checkpoint.every_steps = 2000
     config.logging.every_steps = 100
     return config

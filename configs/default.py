@@ -37,7 +37,7 @@ def get_config():
     config.optimizer = scale_epochs(config.optimizer, config.num_epochs)
     config.optimizer.name = "rmsprop_warmup"
     config.optimizer.schedule = "slow_start"
-    config.optimizer.rmsprop_learning_rate = 3e-3
+    config.optimizer.rmsprop_warmup.rmsprop_learning_rate = 3e-3
 
     config.allreduce.dtype = "float16"
     config.checkpoint.every_steps = 100

@@ -36,11 +36,11 @@ def get_config():
     config.optimizer.schedule = "goyal"
     config.optimizer.base_learning_rate = None
     config.optimizer.lr_per_256 = 0.1
-    config.optimizer.momentum = 0.9
-    config.optimizer.warmup_epochs = 5.0
-    config.optimizer.warmup_init_factor = 256 / 8192
-    config.optimizer.goyal_boundaries = (30.0, 60.0, 80.0)
-    config.optimizer.goyal_decay_factor = 0.1
+    config.optimizer.momentum.momentum = 0.9
+    config.optimizer.goyal.warmup_epochs = 5.0
+    config.optimizer.goyal.warmup_init_factor = 256 / 8192
+    config.optimizer.goyal.boundaries = (30.0, 60.0, 80.0)
+    config.optimizer.goyal.decay_factor = 0.1
     config.optimizer.weight_decay = 1e-4
     config.optimizer.weight_decay_exclude_1d = True
     config.allreduce.dtype = "float32"

@@ -45,13 +45,13 @@ def get_config():
     config.optimizer.name = "lars"
     config.optimizer.schedule = "polynomial"
     config.optimizer.base_learning_rate = 31.2
-    config.optimizer.warmup_epochs = 25.0
-    config.optimizer.polynomial_power = 2.0
-    config.optimizer.end_learning_rate_factor = 1e-4 / 31.2
+    config.optimizer.polynomial.warmup_epochs = 25.0
+    config.optimizer.polynomial.power = 2.0
+    config.optimizer.polynomial.end_factor = 1e-4 / 31.2
     config.optimizer.weight_decay = 1e-4
-    config.optimizer.momentum = 0.9
-    config.optimizer.lars_trust_coefficient = 0.001
-    config.optimizer.lars_eps = 1e-5
-    config.optimizer.lars_exclude_1d = True
+    config.optimizer.lars.momentum = 0.9
+    config.optimizer.lars.trust_coefficient = 0.001
+    config.optimizer.lars.eps = 1e-5
+    config.optimizer.lars.exclude_1d = True
     config.allreduce.dtype = "bfloat16"
     return config

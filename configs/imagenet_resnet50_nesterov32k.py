@@ -34,7 +34,7 @@ def get_config():
     config.optimizer.name = "nesterov"
     config.optimizer.schedule = "polynomial"
     config.optimizer.base_learning_rate = 10.0
-    config.optimizer.warmup_epochs = 5.0
+    config.optimizer.polynomial.warmup_epochs = 5.0
     config.optimizer.weight_decay_exclude_1d = True
     config.allreduce.dtype = "bfloat16"
     return config

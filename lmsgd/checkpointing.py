@@ -24,14 +24,17 @@ from lmsgd.workdir import as_disk_full
 
 log = logging.getLogger(__name__)
 
-# Config entries that change the shapes or meaning of the saved state.
+# Config entries that change the shapes or meaning of the saved state: the name they are
+# recorded under, and where they are in the config. The dtype of rmsprop_warmup's Delta moved
+# to config.optimizer.rmsprop_warmup (issue 25) and keeps its recorded name, so checkpoints
+# written before still resume.
 FINGERPRINT_KEYS = (
-    ("model", "name"),
-    ("model", "num_classes"),
-    ("model", "width_multiplier"),
-    ("model", "norm_mode"),
-    ("optimizer", "name"),
-    ("optimizer", "delta_dtype"),
+    ("model.name", ("model", "name")),
+    ("model.num_classes", ("model", "num_classes")),
+    ("model.width_multiplier", ("model", "width_multiplier")),
+    ("model.norm_mode", ("model", "norm_mode")),
+    ("optimizer.name", ("optimizer", "name")),
+    ("optimizer.delta_dtype", ("optimizer", "rmsprop_warmup", "delta_dtype")),
 )
 
 
@@ -46,7 +49,13 @@ def state_fingerprint(state: Any) -> dict[str, Any]:
 
 
 def config_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
-    return {f"{a}.{b}": config[a][b] for a, b in FINGERPRINT_KEYS}
+    out = {}
+    for name, path in FINGERPRINT_KEYS:
+        value = config
+        for part in path:
+            value = value[part]
+        out[name] = value
+    return out
 
 
 class Checkpointer:

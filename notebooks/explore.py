@@ -228,8 +228,9 @@ def digits_config(**model_changes):
 
 config = digits_config()
 print(f"{config.model.name}, batch {config.global_batch_size}, {config.num_epochs:g} epochs")
-drops = [round(b, 2) for b in config.optimizer.slow_start_boundaries]
-print(f"hand-over centred on epoch {config.optimizer.beta_center:.2f}; lr drops at epochs {drops}")
+drops = [round(b, 2) for b in config.optimizer.slow_start.boundaries]
+center = config.optimizer.rmsprop_warmup.beta_center
+print(f"hand-over centred on epoch {center:.2f}; lr drops at epochs {drops}")
 
 
 def read_metrics(workdir: str) -> list[dict]:

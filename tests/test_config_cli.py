@@ -88,7 +88,7 @@ BAD = [
     (["--config.model.name=resnet5O"], "did you mean 'resnet50'"),
     (["--config.data.name=image_folder", "--config.data.data_dir=/nonexistent_lmsgd"],
      "/nonexistent_lmsgd"),
-    (["--config.optimizer.slow_start_factors=(1.0,)"], "slow_start_factors has 1"),
+    (["--config.optimizer.slow_start.factors=(1.0,)"], "slow_start.factors has 1"),
 ]  # fmt: skip
 
 

@@ -34,7 +34,7 @@ def test_diverging_run_names_a_committed_checkpoint_with_finite_leaves(tmp_path)
         num_epochs=1.0,
         **{"checkpoint.every_steps": 1, "checkpoint.async_save": True,
            "logging.every_steps": 1, "optimizer.lr_per_256": 1e4,
-           "optimizer.rmsprop_learning_rate": 10.0},
+           "optimizer.rmsprop_warmup.rmsprop_learning_rate": 10.0},
     )  # fmt: skip
     with pytest.raises(NonFiniteLossError, match=r"Last good checkpoint: \d+ in ") as err:
         train_and_evaluate(config, str(tmp_path))

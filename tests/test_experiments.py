@@ -34,13 +34,13 @@ def test_recipe_configs_validate_and_document_themselves(path):
 def test_one_scaling_rule_from_the_papers_epochs():
     full = lb.load_recipe(lb.recipe_path("f"), "full")
     quick = lb.load_recipe(lb.recipe_path("f"), "quick")
-    assert full.optimizer.beta_center == 10.0 and full.optimizer.slow_start_boundaries == (
-        40.0, 70.0, 85.0)  # fmt: skip
+    assert full.optimizer.rmsprop_warmup.beta_center == 10.0
+    assert full.optimizer.slow_start.boundaries == (40.0, 70.0, 85.0)
     assert quick.optimizer.to_dict() == scale_epochs(full.optimizer, 24.0).to_dict()
-    assert quick.optimizer.beta_center == pytest.approx(10 * 24 / 90)
+    assert quick.optimizer.rmsprop_warmup.beta_center == pytest.approx(10 * 24 / 90)
     goyal = lb.load_recipe(lb.recipe_path("c"), "quick").optimizer
-    assert goyal.warmup_epochs == pytest.approx(5 * 24 / 90)
-    assert goyal.goyal_boundaries == pytest.approx((8.0, 16.0, 80 * 24 / 90))
+    assert goyal.goyal.warmup_epochs == pytest.approx(5 * 24 / 90)
+    assert goyal.goyal.boundaries == pytest.approx((8.0, 16.0, 80 * 24 / 90))
     # The paper's batch-to-dataset ratio: 1,280 / 50,000 = 2.6% (32,768 / 1,281,167 = 2.6%).
     assert full.global_batch_size == lb.load_recipe(lb.recipe_path("c"), "quick").global_batch_size
     assert abs(1280 / 50_000 - 32768 / 1_281_167) < 1e-3

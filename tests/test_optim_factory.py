@@ -27,26 +27,33 @@ def test_default_config_is_the_paper_recipe():
     cfg = default_optimizer_config()
     assert isinstance(cfg, ml_collections.ConfigDict)
     validate_optimizer_config(cfg)
-    expected = dict(
-        name="rmsprop_warmup",
-        schedule="slow_start",
-        base_learning_rate=None,
-        lr_per_256=0.1,
-        weight_decay=1e-4,
-        weight_decay_exclude_1d=False,
-        momentum=0.9,
-        rmsprop_learning_rate=3e-4,
-        rmsprop_decay=0.99,
-        eps=1e-8,
-        beta_center=10.0,
-        beta_period=5.0,
-        slow_start_boundaries=(40.0, 70.0, 85.0),
-        slow_start_factors=(0.5, 0.075, 0.01, 0.001),
-    )
+    expected = {
+        "name": "rmsprop_warmup",
+        "schedule": "slow_start",
+        "base_learning_rate": None,
+        "lr_per_256": 0.1,
+        "weight_decay": 1e-4,
+        "weight_decay_exclude_1d": False,
+        "rmsprop_warmup.momentum": 0.9,
+        "rmsprop_warmup.rmsprop_learning_rate": 3e-4,
+        "rmsprop_warmup.decay": 0.99,
+        "rmsprop_warmup.eps": 1e-8,
+        "rmsprop_warmup.beta_center": 10.0,
+        "rmsprop_warmup.beta_period": 5.0,
+        "rmsprop_warmup.delta_dtype": "float32",
+        "slow_start.boundaries": (40.0, 70.0, 85.0),
+        "slow_start.factors": (0.5, 0.075, 0.01, 0.001),
+    }
+    flat = {}
+    for key, value in cfg.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
     for key, value in expected.items():
-        assert cfg[key] == value, key
+        assert flat[key] == value, key
     # Every key is documented, and only keys that exist are.
-    assert set(OPTIMIZER_CONFIG_DOCS) == set(cfg.keys())
+    assert set(OPTIMIZER_CONFIG_DOCS) == set(flat)
     assert all(doc.strip() for doc in OPTIMIZER_CONFIG_DOCS.values())
 
 
@@ -92,15 +99,16 @@ def test_rmsprop_warmup_keeps_the_eta_zero_limit_where_the_schedule_reaches_zero
     """A warm-up from 0 needs the eta -> 0+ limit at step 0 (a non-zero RMSprop step);
     a schedule that stays positive gets the cheaper update (36 vs 44 bytes per parameter)."""
     cfg = default_optimizer_config()
-    cfg.schedule, cfg.warmup_epochs, cfg.warmup_init_factor = "goyal", 5.0, warmup_init_factor
+    cfg.schedule = "goyal"
+    cfg.goyal.warmup_epochs, cfg.goyal.warmup_init_factor = 5.0, warmup_init_factor
     tx, schedules = create_optimizer(cfg, **BUILD)
     params = {"w": jnp.ones((64, 64))}
     grads = {"w": jnp.full((64, 64), 0.5)}
     updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
-    rms_step = (1 - float(schedules["alpha_sgd"](0))) * cfg.rmsprop_learning_rate
+    rms_step = (1 - float(schedules["alpha_sgd"](0))) * cfg.rmsprop_warmup.rmsprop_learning_rate
     # Step 0 with eta = 0: -eta_rms (1 - alpha) g / (sqrt((1 - mu2) g^2) + eps) (+ 0 * decay).
     if limit_compiled:
-        expected = -rms_step / np.sqrt(1 - cfg.rmsprop_decay)
+        expected = -rms_step / np.sqrt(1 - cfg.rmsprop_warmup.decay)
         np.testing.assert_allclose(updates["w"], expected, rtol=1e-5)
     else:
         assert float(schedules["learning_rate"](0)) > 0
@@ -118,23 +126,48 @@ def test_rmsprop_warmup_keeps_the_eta_zero_limit_where_the_schedule_reaches_zero
     [
         ("name", "adam", r"optimizer\.name='adam'.*one of \('rmsprop_warmup'"),
         ("schedule", "step", r"optimizer\.schedule='step'.*'slow_start', 'goyal'"),
-        ("momentum", 1.0, r"optimizer\.momentum=1\.0.*\[0, 1\)"),
-        ("rmsprop_decay", -0.1, r"optimizer\.rmsprop_decay"),
+        ("rmsprop_warmup.momentum", 1.0, r"optimizer\.rmsprop_warmup\.momentum=1\.0.*\[0, 1\)"),
+        ("rmsprop_warmup.decay", -0.1, r"optimizer\.rmsprop_warmup\.decay=-0\.1"),
         ("weight_decay", -1e-4, r"optimizer\.weight_decay=.*non-negative"),
-        ("eps", 0.0, r"optimizer\.eps=0\.0.*positive"),
-        ("beta_period", 0.0, r"optimizer\.beta_period"),
+        ("rmsprop_warmup.eps", 0.0, r"optimizer\.rmsprop_warmup\.eps=0\.0.*positive"),
+        ("rmsprop_warmup.beta_period", 0.0, r"optimizer\.rmsprop_warmup\.beta_period"),
         ("base_learning_rate", -1.0, r"optimizer\.base_learning_rate=-1\.0.*None or"),
-        ("delta_dtype", "float8", r"optimizer\.delta_dtype='float8'.*'bfloat16'"),
-        ("slow_start_boundaries", (70.0, 40.0, 85.0), r"strictly increasing"),
-        ("slow_start_factors", (0.5, 0.1), r"slow_start_factors has 2 entries.*expected 4"),
+        ("rmsprop_warmup.delta_dtype", "float8", r"delta_dtype='float8'.*'bfloat16'"),
+        ("slow_start.boundaries", (70.0, 40.0, 85.0), r"strictly increasing"),
+        ("slow_start.factors", (0.5, 0.1), r"slow_start\.factors has 2 entries.*expected 4"),
         ("weight_decay_exclude_1d", 1, r"weight_decay_exclude_1d=1.*True or False"),
-        ("momentum", "0.9", r"optimizer\.momentum='0\.9'"),
+        ("momentum.momentum", "0.9", r"optimizer\.momentum\.momentum='0\.9'"),
+        ("lars.trust_coefficient", 0.0, r"optimizer\.lars\.trust_coefficient=0\.0.*positive"),
+        ("lamb.b2", 1.0, r"optimizer\.lamb\.b2=1\.0"),
+        ("goyal.boundaries", (3.0, 2.0), r"optimizer\.goyal\.boundaries=.*increasing"),
         ("lr_per_256", float("nan"), r"optimizer\.lr_per_256=nan"),
+        # misplaced keys: a recipe's key at the top, in another recipe, or a pre-registry name
+        ("lars_eps", 1e-5, r"optimizer\.lars_eps belongs .*: config\.optimizer\.lars\.eps$"),
+        ("beta_center", 5.0, r"config\.optimizer\.rmsprop_warmup\.beta_center$"),
+        ("rmsprop_decay", 0.9, r"belongs .*: config\.optimizer\.rmsprop_warmup\.decay$"),
+        (
+            "goyal.power",
+            2.0,
+            r"unknown config key config\.optimizer\.goyal\.power: the 'goyal' "
+            r"schedule has keys .*; did you mean config\.optimizer\.polynomial",
+        ),
+        ("lars.weight_decay", 0.1, r"did you mean config\.optimizer\.weight_decay\?"),
+        (
+            "lars.trust_coefficent",
+            0.1,
+            r"optimizer\.lars\.trust_coefficent; did you mean "
+            r"'trust_coefficient'",
+        ),
+        ("lamb", 0.5, r"optimizer\.lamb=0\.5 is invalid; expected the section of the 'lamb'"),
     ],
 )
 def test_bad_values_raise(key, value, match):
     cfg = default_optimizer_config().to_dict()  # a plain dict: no ConfigDict type locking
-    cfg[key] = value
+    *section, last = key.split(".")
+    (cfg[section[0]] if section else cfg)[last] = value
+    with pytest.raises(ValueError, match=match) as err:
+        validate_optimizer_config(cfg)
+    assert "\n" not in str(err.value)  # one line
     with pytest.raises(ValueError, match=match):
         validate_optimizer_config(cfg)
     with pytest.raises(ValueError, match=match):
@@ -149,8 +182,14 @@ def test_unknown_and_missing_keys_raise():
     ):
         create_optimizer(cfg, **BUILD)
     cfg = default_optimizer_config().to_dict()
-    del cfg["beta_center"]
-    with pytest.raises(ValueError, match=r"config is missing config.optimizer.beta_center"):
+    del cfg["rmsprop_warmup"]["beta_center"]
+    with pytest.raises(
+        ValueError, match=r"config is missing config.optimizer.rmsprop_warmup.beta_center"
+    ):
+        validate_optimizer_config(cfg)
+    cfg = default_optimizer_config().to_dict()
+    del cfg["lars"]
+    with pytest.raises(ValueError, match=r"config is missing config.optimizer.lars \(the keys"):
         validate_optimizer_config(cfg)
 
 
@@ -164,7 +203,7 @@ def test_bad_build_arguments_raise(arg, value):
 
 def test_warmup_longer_than_run_raises():
     cfg = default_optimizer_config()
-    cfg.schedule, cfg.warmup_epochs = "cosine", 10.0
+    cfg.schedule, cfg.cosine.warmup_epochs = "cosine", 10.0
     with pytest.raises(ValueError, match="warmup_epochs"):
         create_optimizer(cfg, global_batch_size=256, steps_per_epoch=10, num_epochs=8)
 
@@ -178,7 +217,7 @@ def test_optax_sgd_puts_the_learning_rate_outside_the_momentum_buffer():
     grads = [rng.normal(size=(4,)).astype(np.float32) for _ in range(12)]
     cfg = default_optimizer_config()
     cfg.update(name="momentum", schedule="goyal", weight_decay=0.0, base_learning_rate=1.0)
-    cfg.update(warmup_epochs=2.0, goyal_boundaries=(4.0, 6.0, 8.0))  # eta moves every 2 steps
+    cfg.goyal.update(warmup_epochs=2.0, boundaries=(4.0, 6.0, 8.0))  # eta moves every 2 steps
     factory_tx, schedules = create_optimizer(
         cfg, global_batch_size=256, steps_per_epoch=1, num_epochs=12
     )
@@ -221,8 +260,8 @@ def test_weight_decay_mask_excludes_1d_params(name, exclude):
         base_learning_rate=1.0,
         weight_decay=0.01,
         weight_decay_exclude_1d=exclude,
-        beta_center=1000.0,  # alpha_sgd ~ 0 for rmsprop_warmup: updates are RMSprop steps
     )
+    cfg.rmsprop_warmup.beta_center = 1000.0  # alpha_sgd ~ 0: updates are RMSprop steps
     tx, _ = create_optimizer(cfg, **BUILD)
     params = _params()
     zero_grads = jax.tree.map(jnp.zeros_like, params)
@@ -242,13 +281,13 @@ def test_weight_decay_mask_excludes_1d_params(name, exclude):
 def test_lars_excludes_1d_params_from_decay_and_adaptation(lars_exclude):
     cfg = default_optimizer_config()
     cfg.update(name="lars", schedule="constant", base_learning_rate=1.0, weight_decay=0.0)
-    cfg.lars_exclude_1d = lars_exclude
+    cfg.lars.exclude_1d = lars_exclude
     tx, _ = create_optimizer(cfg, **BUILD)
     params = _params()
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
     updates, _ = tx.update(grads, tx.init(params), params)
     # Without adaptation the update is -lr * g = -0.5; with it, -lr * tc * |w|/|g| * g.
-    trust = cfg.lars_trust_coefficient * 2.0 / 0.5
+    trust = cfg.lars.trust_coefficient * 2.0 / 0.5
     np.testing.assert_allclose(updates["dense"]["kernel"], -0.5 * trust, rtol=1e-5)
     expected_1d = -0.5 if lars_exclude else -0.5 * trust
     np.testing.assert_allclose(updates["norm"]["scale"], expected_1d, rtol=1e-5)
@@ -267,7 +306,7 @@ class TinyMLP(nn.Module):
 
 # Constant rates that make ~30 steps of each optimizer visibly reduce the loss.
 TRAIN_SETTINGS = {
-    "rmsprop_warmup": dict(base_learning_rate=0.1, rmsprop_learning_rate=3e-3),
+    "rmsprop_warmup": dict(base_learning_rate=0.1, rmsprop_warmup={"rmsprop_learning_rate": 3e-3}),
     "momentum": dict(base_learning_rate=0.05),
     "nesterov": dict(base_learning_rate=0.05),
     "lars": dict(base_learning_rate=5.0),

@@ -33,9 +33,9 @@ def tiny_config(**overrides):
     config.model.width_multiplier = 0.25
     config.data.name = "digits"
     config.data.image_size = 8
-    config.optimizer.beta_center = 0.2
-    config.optimizer.beta_period = 0.2
-    config.optimizer.slow_start_boundaries = (0.3, 0.4, 0.45)
+    config.optimizer.rmsprop_warmup.beta_center = 0.2
+    config.optimizer.rmsprop_warmup.beta_period = 0.2
+    config.optimizer.slow_start.boundaries = (0.3, 0.4, 0.45)
     config.checkpoint.every_steps = 4
     config.checkpoint.async_save = False
     config.logging.every_steps = 2

@@ -24,7 +24,7 @@ def get_config(preset="full"):
     config.model.bn_group_size = 0  # all 128 images together, as on one GPU
     config.optimizer.name = "momentum"
     config.optimizer.schedule = "goyal"  # x0.1 at 30 / 60 / 80 (x num_epochs / 90)
-    config.optimizer.warmup_epochs = 0.0
+    config.optimizer.goyal.warmup_epochs = 0.0
     config.optimizer.lr_per_256 = 0.2  # 0.1 at 128
     config.checkpoint.every_steps = 2000
     return finalize(config, preset)

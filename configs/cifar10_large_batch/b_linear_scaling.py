@@ -22,7 +22,7 @@ def get_config(preset="full"):
     config.model.norm_mode = "moving_average"
     config.optimizer.name = "momentum"
     config.optimizer.schedule = "goyal"
-    config.optimizer.warmup_epochs = 0.0
+    config.optimizer.goyal.warmup_epochs = 0.0
     config.optimizer.base_learning_rate = None  # linear scaling rule: 0.1 x batch / 256
     config.optimizer.weight_decay_exclude_1d = True
     return finalize(config, preset)

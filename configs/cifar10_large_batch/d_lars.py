@@ -24,8 +24,8 @@ def get_config(preset="full"):
     config.model.norm_mode = "moving_average"
     config.optimizer.name = "lars"
     config.optimizer.schedule = "polynomial"
-    config.optimizer.warmup_epochs = 5.0
-    config.optimizer.polynomial_power = 2.0
+    config.optimizer.polynomial.warmup_epochs = 5.0
+    config.optimizer.polynomial.power = 2.0
     config.optimizer.base_learning_rate = None
     config.optimizer.lr_per_256 = 29.0 / 128  # MLPerf v0.7 JAX reference: 29 at 32,768
     return finalize(config, preset)

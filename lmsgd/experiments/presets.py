@@ -261,14 +261,17 @@ def settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The recipe's settings in words and numbers, for tables."""
     opt = config.optimizer
     schedule = opt.schedule
-    if schedule in ("goyal", "polynomial", "cosine") and opt.warmup_epochs > 0:
-        schedule += f", warm-up {opt.warmup_epochs:.3g} ep"
+    # The named schedule's and optimizer's own sections (config.optimizer.<name>), if any.
+    sched_cfg = opt.get(opt.schedule, {})
+    if sched_cfg.get("warmup_epochs", 0) > 0:
+        schedule += f", warm-up {sched_cfg['warmup_epochs']:.3g} ep"
     if opt.schedule == "goyal":
-        schedule += ", x0.1 at " + "/".join(f"{b:.3g}" for b in opt.goyal_boundaries)
+        schedule += ", x0.1 at " + "/".join(f"{b:.3g}" for b in sched_cfg["boundaries"])
     elif opt.schedule == "slow_start":
-        schedule += " at " + "/".join(f"{b:.3g}" for b in opt.slow_start_boundaries)
+        schedule += " at " + "/".join(f"{b:.3g}" for b in sched_cfg["boundaries"])
     if opt.name == "rmsprop_warmup":
-        schedule += f"; hand-over {opt.beta_center:.3g}+-{opt.beta_period / 2:.3g} ep"
+        rw = opt.rmsprop_warmup
+        schedule += f"; hand-over {rw.beta_center:.3g}+-{rw.beta_period / 2:.3g} ep"
     group = config.model.bn_group_size or NUM_DEVICES
     bn = config.global_batch_size // NUM_DEVICES * group
     if config.model.bn_group_size == 1 and config.model.bn_virtual_batch_size:

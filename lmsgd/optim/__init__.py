@@ -1,4 +1,5 @@
-"""Optimizers and schedules: RMSprop warm-up, slow-start and baseline schedules, the factory."""
+"""Optimizers and schedules: RMSprop warm-up as optax transformations, the recipe registry
+(``config.optimizer.name`` / ``.schedule`` -> a builder with its own keys) and the factory."""
 
 from lmsgd.optim.config import (
     OPTIMIZER_CONFIG_DOCS,
@@ -9,13 +10,27 @@ from lmsgd.optim.config import (
 )
 from lmsgd.optim.factory import (
     base_learning_rate,
+    build_recipe,
     create_optimizer,
     learning_rate_schedule,
-    multi_dim_mask,
-    schedule_reaches_zero,
 )
 from lmsgd.optim.plotting import plot_schedules
-from lmsgd.optim.rmsprop_warmup import RMSpropWarmupState, rmsprop_warmup
+from lmsgd.optim.recipes import multi_dim_mask, schedule_reaches_zero
+from lmsgd.optim.registry import (
+    OPTIMIZERS,
+    SCHEDULES,
+    BuildContext,
+    Built,
+    OptimizerRecipe,
+    ScheduleRecipe,
+    register_optimizer,
+    register_schedule,
+)
+from lmsgd.optim.rmsprop_warmup import (
+    RMSpropWarmupState,
+    rmsprop_warmup,
+    scale_by_rmsprop_warmup,
+)
 from lmsgd.optim.scaling import scale_epochs
 from lmsgd.optim.schedules import (
     alpha_sgd_schedule,
@@ -28,17 +43,22 @@ from lmsgd.optim.schedules import (
 )
 
 __all__ = [
-    "scale_epochs",
+    "OPTIMIZERS",
     "OPTIMIZER_CONFIG_DOCS",
     "OPTIMIZER_NAMES",
+    "SCHEDULES",
     "SCHEDULE_NAMES",
+    "BuildContext",
+    "Built",
+    "OptimizerRecipe",
     "RMSpropWarmupState",
+    "ScheduleRecipe",
     "alpha_sgd_schedule",
     "base_learning_rate",
+    "build_recipe",
     "constant_schedule",
     "cosine_warmup_schedule",
     "create_optimizer",
-    "schedule_reaches_zero",
     "default_optimizer_config",
     "goyal_schedule",
     "learning_rate_schedule",
@@ -46,7 +66,12 @@ __all__ = [
     "multi_dim_mask",
     "plot_schedules",
     "polynomial_warmup_schedule",
+    "register_optimizer",
+    "register_schedule",
     "rmsprop_warmup",
+    "scale_by_rmsprop_warmup",
+    "scale_epochs",
+    "schedule_reaches_zero",
     "slow_start_schedule",
     "validate_optimizer_config",
 ]

@@ -1,223 +1,201 @@
-"""The ``config.optimizer`` section: keys, defaults (the paper's recipe) and validation.
+"""The ``config.optimizer`` section: common keys, plus one sub-section per registered recipe.
 
-``OPTIMIZER_CONFIG_DOCS`` documents every key; :func:`default_optimizer_config` and
-:func:`validate_optimizer_config` are built from the same table, so they cannot drift apart.
+::
+
+    config.optimizer.name = "rmsprop_warmup"    # an optimizer recipe (lmsgd.optim.recipes)
+    config.optimizer.schedule = "slow_start"    # a learning-rate schedule recipe
+    config.optimizer.base_learning_rate, .lr_per_256, .weight_decay, .weight_decay_exclude_1d
+    config.optimizer.rmsprop_warmup.beta_center = 10.0   # that recipe's own keys
+    config.optimizer.lars.trust_coefficient = 0.001      # (every recipe's section is present;
+    config.optimizer.goyal.boundaries = (30., 60., 80.)  #  only the named ones are read)
+
+Defaults are the paper's recipe. ``OPTIMIZER_CONFIG_DOCS`` documents every key (sub-section
+keys as ``'<recipe>.<key>'``); :func:`default_optimizer_config` and
+:func:`validate_optimizer_config` are built from the same tables (the common keys here, each
+recipe's in :mod:`lmsgd.optim.recipes`), so they cannot drift apart.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
 
-from lmsgd.schema import Key as _Key
-from lmsgd.schema import Section
-from lmsgd.schema import is_number as _is_number
-from lmsgd.schema import nonneg as _nonneg
-from lmsgd.schema import one_of as _one_of
-from lmsgd.schema import positive as _positive
+from lmsgd.errors import ConfigError
+from lmsgd.optim import (
+    recipes,  # noqa: F401  (registers the built-in recipes)
+    registry,
+)
+from lmsgd.schema import Key, Section, is_bool, nonneg, one_of, positive
 
-OPTIMIZER_NAMES = ("rmsprop_warmup", "momentum", "nesterov", "lars", "lamb")
-SCHEDULE_NAMES = ("slow_start", "goyal", "polynomial", "cosine", "constant")
-DELTA_DTYPES = ("float32", "bfloat16")
+OPTIMIZER_NAMES = tuple(registry.OPTIMIZERS)
+SCHEDULE_NAMES = tuple(registry.SCHEDULES)
 
-
-def _unit_interval_open(x: Any) -> bool:
-    return _is_number(x) and 0 <= x < 1
-
-
-def _increasing_epochs(x: Any) -> bool:
-    return (
-        isinstance(x, (tuple, list))
-        and all(_nonneg(b) for b in x)
-        and all(b1 < b2 for b1, b2 in zip(x, x[1:]))
-    )
-
-
-def _nonneg_sequence(x: Any) -> bool:
-    return isinstance(x, (tuple, list)) and len(x) > 0 and all(_nonneg(f) for f in x)
-
-
-_KEYS: dict[str, _Key] = {
-    # --- what to run -----------------------------------------------------------------------
-    "name": _Key(
-        "rmsprop_warmup",
-        "Optimizer: 'rmsprop_warmup' (the paper), 'momentum' / 'nesterov' (SGD, Goyal et al.), "
-        "'lars' (optax.lars), 'lamb' (optax.lamb).",
-        _one_of(*OPTIMIZER_NAMES),
-        f"one of {OPTIMIZER_NAMES}",
-    ),
-    "schedule": _Key(
-        "slow_start",
-        "Learning-rate schedule, independent of `name`: 'slow_start' (the paper), 'goyal' "
-        "(warm-up, x0.1 steps), 'polynomial' (LARS/MLPerf), 'cosine', 'constant'.",
-        _one_of(*SCHEDULE_NAMES),
-        f"one of {SCHEDULE_NAMES}",
-    ),
-    # --- learning rate ---------------------------------------------------------------------
-    "base_learning_rate": _Key(
-        None,
-        "Global base learning rate eta_base; None: linear scaling rule "
-        "lr_per_256 * global_batch / 256 (12.8 at 32,768).",
-        lambda x: x is None or _positive(x),
-        "None or a positive number",
-        float,
-        0.05,
-    ),
-    "lr_per_256": _Key(
-        0.1,
-        "Learning rate per 256 images of global batch for the linear scaling rule.",
-        _positive,
-        "a positive number",
-    ),
-    "warmup_epochs": _Key(
-        5.0,
-        "Epochs of linear warm-up for the 'goyal', 'polynomial' and 'cosine' schedules "
-        "(ignored by 'slow_start' and 'constant').",
-        _nonneg,
-        "a non-negative number of epochs",
-    ),
-    "warmup_init_factor": _Key(
-        0.0,
-        "Warm-up start as a fraction of the base rate (Goyal et al. started at 256 / batch).",
-        _nonneg,
-        "a non-negative number",
-    ),
-    "slow_start_boundaries": _Key(
-        (40.0, 70.0, 85.0),
-        "Epochs at which the 'slow_start' schedule moves to the next factor.",
-        _increasing_epochs,
-        "a strictly increasing sequence of non-negative epochs",
-    ),
-    "slow_start_factors": _Key(
-        (0.5, 0.075, 0.01, 0.001),
-        "Multiples of the base rate on each 'slow_start' interval (one more than boundaries).",
-        _nonneg_sequence,
-        "a non-empty sequence of non-negative numbers",
-    ),
-    "goyal_boundaries": _Key(
-        (30.0, 60.0, 80.0),
-        "Epochs at which the 'goyal' schedule multiplies the rate by goyal_decay_factor.",
-        _increasing_epochs,
-        "a strictly increasing sequence of non-negative epochs",
-    ),
-    "goyal_decay_factor": _Key(
-        0.1,
-        "Factor applied at each of goyal_boundaries.",
-        _nonneg,
-        "a non-negative number",
-    ),
-    "polynomial_power": _Key(
-        2.0,
-        "Power of the 'polynomial' decay (2 in the LARS/MLPerf ResNet-50 recipe).",
-        _positive,
-        "a positive number",
-    ),
-    "end_learning_rate_factor": _Key(
-        0.0,
-        "Final rate of the 'polynomial' and 'cosine' schedules, as a fraction of the base rate.",
-        _nonneg,
-        "a non-negative number",
-    ),
-    # --- weight decay ----------------------------------------------------------------------
-    "weight_decay": _Key(
-        1e-4,
-        "L2 coefficient, added to the gradient as weight_decay * param before the optimizer "
-        "(PAPER.md section 4; for 'lamb' it is LAMB's decoupled decay).",
-        _nonneg,
-        "a non-negative number",
-    ),
-    "weight_decay_exclude_1d": _Key(
-        False,
-        "Exempt 1-D parameters (normalization scales/offsets, biases) from weight decay. False "
-        "for the paper: PAPER.md section 4 states plain L2 on the gradient, and Chainer's "
-        "WeightDecay hook (the paper's software) decays every parameter.",
-        lambda x: isinstance(x, bool),
-        "True or False",
-    ),
-    # --- momentum / RMSprop warm-up --------------------------------------------------------
-    "momentum": _Key(
-        0.9,
-        "mu1: momentum of rmsprop_warmup's Delta, of momentum/nesterov SGD, and of LARS.",
-        _unit_interval_open,
-        "a number in [0, 1)",
-    ),
-    "rmsprop_learning_rate": _Key(
-        3e-4,
-        "eta_rmsprop: step size of the RMSprop part of rmsprop_warmup (global).",
-        _nonneg,
-        "a non-negative number",
-    ),
-    "rmsprop_decay": _Key(
-        0.99,
-        "mu2: decay of rmsprop_warmup's squared-gradient average m.",
-        _unit_interval_open,
-        "a number in [0, 1)",
-    ),
-    "eps": _Key(
-        1e-8,
-        "rmsprop_warmup's epsilon, added to sqrt(m).",
-        _positive,
-        "a positive number",
-    ),
-    "beta_center": _Key(
-        10.0,
-        "Epoch at which alpha_sgd = 0.5 (RMSprop -> SGD hand-over).",
-        _nonneg,
-        "a non-negative number of epochs",
-    ),
-    "beta_period": _Key(
-        5.0,
-        "Epochs; alpha_sgd reaches 1 at beta_center + beta_period / 2.",
-        _positive,
-        "a positive number of epochs",
-    ),
-    "delta_dtype": _Key(
-        "float32",
-        "dtype of rmsprop_warmup's Delta buffer ('bfloat16' halves its memory).",
-        _one_of(*DELTA_DTYPES),
-        f"one of {DELTA_DTYPES}",
-    ),
-    # --- LARS / LAMB -----------------------------------------------------------------------
-    "lars_trust_coefficient": _Key(
-        0.001,
-        "LARS trust coefficient eta (You et al. 2017).",
-        _positive,
-        "a positive number",
-    ),
-    "lars_eps": _Key(
-        0.0,
-        "Added to the denominator of the LARS trust ratio.",
-        _nonneg,
-        "a non-negative number",
-    ),
-    "lars_exclude_1d": _Key(
-        True,
-        "LARS: exempt 1-D parameters (BN, biases) from trust-ratio adaptation and weight decay, "
-        "the usual LARS recipe (You et al. 2017; MLPerf).",
-        lambda x: isinstance(x, bool),
-        "True or False",
-    ),
-    "lamb_b1": _Key(0.9, "LAMB first-moment decay.", _unit_interval_open, "a number in [0, 1)"),
-    "lamb_b2": _Key(0.999, "LAMB second-moment decay.", _unit_interval_open, "a number in [0, 1)"),
-    "lamb_eps": _Key(1e-6, "LAMB epsilon.", _positive, "a positive number"),
+# Keys of the flat section before recipes had their own (issue 25), where the rule "old key =
+# <recipe>_<key>" does not say where they went.
+_RENAMED = {
+    "rmsprop_learning_rate": ("rmsprop_warmup.rmsprop_learning_rate",),
+    "rmsprop_decay": ("rmsprop_warmup.decay",),
+    "end_learning_rate_factor": ("polynomial.end_factor", "cosine.end_factor"),
 }
 
 
-def _slow_start_factor_count(cfg: Mapping[str, Any]) -> str | None:
-    n_bounds, n_factors = len(cfg["slow_start_boundaries"]), len(cfg["slow_start_factors"])
-    if n_factors != n_bounds + 1:
-        return (
-            f"config.optimizer.slow_start_factors has {n_factors} entries but "
-            f"config.optimizer.slow_start_boundaries has {n_bounds}; expected {n_bounds + 1} "
-            "factors"
-        )
-    return None
+def _common_keys() -> dict[str, Key]:
+    optimizers, schedules = tuple(registry.OPTIMIZERS), tuple(registry.SCHEDULES)
+    return {
+        "name": Key(
+            "rmsprop_warmup",
+            "Optimizer recipe: "
+            + "; ".join(f"'{n}': {r.doc}" for n, r in registry.OPTIMIZERS.items())
+            + ". Its keys are in config.optimizer.<name>.",
+            one_of(*optimizers),
+            f"one of {optimizers}",
+        ),
+        "schedule": Key(
+            "slow_start",
+            "Learning-rate schedule, independent of `name`: "
+            + "; ".join(f"'{n}': {r.doc}" for n, r in registry.SCHEDULES.items())
+            + ". Its keys are in config.optimizer.<schedule>.",
+            one_of(*schedules),
+            f"one of {schedules}",
+        ),
+        "base_learning_rate": Key(
+            None,
+            "Global base learning rate eta_base; None: linear scaling rule "
+            "lr_per_256 * global_batch / 256 (12.8 at 32,768).",
+            lambda x: x is None or positive(x),
+            "None or a positive number",
+            float,
+            0.05,
+        ),
+        "lr_per_256": Key(
+            0.1,
+            "Learning rate per 256 images of global batch for the linear scaling rule.",
+            positive,
+            "a positive number",
+        ),
+        "weight_decay": Key(
+            1e-4,
+            "L2 coefficient, added to the gradient as weight_decay * param before the "
+            "optimizer (docs/recipe.md section 4; for 'lamb' it is LAMB's decoupled decay).",
+            nonneg,
+            "a non-negative number",
+        ),
+        "weight_decay_exclude_1d": Key(
+            False,
+            "Exempt 1-D parameters (normalization scales/offsets, biases) from weight decay. "
+            "False for the paper: docs/recipe.md section 4 states plain L2 on the gradient, "
+            "and Chainer's WeightDecay hook (the paper's software) decays every parameter.",
+            is_bool,
+            "True or False",
+        ),
+    }
 
 
-OPTIMIZER = Section("optimizer", _KEYS, rules=(_slow_start_factor_count,))
-OPTIMIZER_CONFIG_DOCS: dict[str, str] = {key: spec.doc for key, spec in _KEYS.items()}
+def _owner(name: str) -> str:
+    kind = "optimizer" if name in registry.OPTIMIZERS else "schedule"
+    return f"the {name!r} {kind}"
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSection:
+    """``config.optimizer``: the interface of :class:`lmsgd.schema.Section` (``name``, ``keys``,
+    ``defaults``, ``normalize``, ``validate``) over the common keys and one sub-section per
+    registered recipe, read from the registry when called (a recipe registered later is in)."""
+
+    name: str = "optimizer"
+
+    def common(self) -> Section:
+        return Section(self.name, _common_keys())
+
+    def subsections(self) -> dict[str, Section]:
+        return {
+            n: Section(f"{self.name}.{n}", r.keys, rules=r.rules)
+            for n, r in registry.sections().items()
+        }
+
+    @property
+    def keys(self) -> dict[str, Key]:
+        """Every key, those of sub-sections as ``'<recipe>.<key>'``."""
+        out = dict(_common_keys())
+        for sub, section in self.subsections().items():
+            out.update({f"{sub}.{k}": spec for k, spec in section.keys.items()})
+        return out
+
+    def path(self, key: str) -> str:
+        return f"config.{self.name}.{key}"
+
+    def defaults(self) -> ml_collections.ConfigDict:
+        cfg = self.common().defaults()
+        for sub, section in self.subsections().items():
+            cfg[sub] = section.defaults()
+        return cfg
+
+    def normalize(self, cfg: ml_collections.ConfigDict) -> None:
+        self.common().normalize(cfg)
+        for sub, section in self.subsections().items():
+            if isinstance(cfg.get(sub), ml_collections.ConfigDict):
+                section.normalize(cfg[sub])
+
+    def _where_it_went(self, key: str) -> list[str]:
+        """Sub-section paths of a key that is not one of config.optimizer's own: a recipe's
+        key put at the top, or a key of the flat section before issue 25."""
+        subs = self.subsections()
+        if key in _RENAMED:
+            return [self.path(p) for p in _RENAMED[key]]
+        homes = [self.path(f"{s}.{key}") for s, sec in subs.items() if key in sec.keys]
+        for s, sec in subs.items():  # lars_eps -> lars.eps
+            if key.startswith(s + "_") and key[len(s) + 1 :] in sec.keys:
+                homes.append(self.path(f"{s}.{key[len(s) + 1 :]}"))
+        return homes
+
+    def validate(self, cfg: Mapping[str, Any]) -> None:
+        """Raises ConfigError naming the first bad key, its value and what is allowed."""
+        subs = self.subsections()
+        common = self.common()
+        for key in sorted(k for k in cfg if k not in common.keys and k not in subs):
+            homes = self._where_it_went(key)
+            if homes:
+                raise ConfigError(
+                    f"config key {self.path(key)} belongs to a recipe's own section: "
+                    f"{' or '.join(homes)}"
+                )
+        common.validate(cfg, nested=tuple(subs))
+        for sub, section in subs.items():
+            if sub not in cfg:
+                raise ConfigError(
+                    f"config is missing {self.path(sub)} (the keys of {_owner(sub)}); start "
+                    "config files from lmsgd.config.base_config()"
+                )
+            value = cfg[sub]
+            if not isinstance(value, Mapping | ml_collections.ConfigDict):
+                raise ConfigError(
+                    f"{self.path(sub)}={value!r} is invalid; expected the section of "
+                    f"{_owner(sub)} (keys: {', '.join(section.keys)})"
+                )
+            for key in sorted(k for k in value if k not in section.keys):
+                others = [self.path(f"{s}.{key}") for s, sec in subs.items() if key in sec.keys]
+                if key in common.keys:
+                    others.append(self.path(key))
+                if others:
+                    raise ConfigError(
+                        f"unknown config key {self.path(f'{sub}.{key}')}: {_owner(sub)} has "
+                        f"keys {', '.join(section.keys)}; did you mean {' or '.join(others)}?"
+                    )
+            section.validate(value)
+
+
+OPTIMIZER = OptimizerSection()
+
+
+def optimizer_config_docs() -> dict[str, str]:
+    """Every key of ``config.optimizer`` (sub-section keys as ``'<recipe>.<key>'``) -> its doc."""
+    return {key: spec.doc for key, spec in OPTIMIZER.keys.items()}
+
+
+OPTIMIZER_CONFIG_DOCS: dict[str, str] = optimizer_config_docs()
 
 
 def default_optimizer_config() -> ml_collections.ConfigDict:
@@ -230,6 +208,6 @@ def default_optimizer_config() -> ml_collections.ConfigDict:
 
 def validate_optimizer_config(cfg: Mapping[str, Any] | ml_collections.ConfigDict) -> None:
     """Raises ``ConfigError`` (a ValueError) naming the offending key, its value and what is
-    allowed: no unknown or missing keys, every value in range, one more slow-start factor than
-    boundaries."""
+    allowed: no unknown, misplaced or missing keys, every value in range, each recipe's rules
+    (e.g. one more slow-start factor than boundaries)."""
     OPTIMIZER.validate(cfg)

@@ -6,10 +6,15 @@ import copy
 
 import ml_collections
 
+from lmsgd.optim import registry
+
 PAPER_EPOCHS = 90.0
-# Settings of `config.optimizer` measured in epochs.
-EPOCH_KEYS = ("beta_center", "beta_period", "warmup_epochs")
-EPOCH_SEQUENCE_KEYS = ("slow_start_boundaries", "goyal_boundaries")
+
+
+def epoch_keys() -> list[tuple[str, str]]:
+    """``(sub-section, key)`` of every setting of ``config.optimizer`` measured in epochs, as
+    each recipe declares them (e.g. ``('rmsprop_warmup', 'beta_center')``)."""
+    return [(n, k) for n, r in registry.sections().items() for k in r.epoch_keys]
 
 
 def scale_epochs(
@@ -20,14 +25,17 @@ def scale_epochs(
     The rule: a run of E epochs places each event (RMSprop-to-SGD hand-over, learning-rate
     drops, warm-up end) at the same *fraction* of training as the paper's 90-epoch run. E.g.
     at 30 epochs the hand-over is centred on epoch 3.33 and the slow-start drops come at
-    13.3 / 23.3 / 28.3.
+    13.3 / 23.3 / 28.3. Every recipe's section is scaled, not only the ones named, so that
+    switching `name` or `schedule` afterwards (e.g. on the command line) stays consistent.
     """
     factor = float(num_epochs) / float(reference_epochs)
     # A deep copy keeps typed placeholders (e.g. base_learning_rate=None, settable from the
     # command line); rebuilding from to_dict() would turn them into untyped None.
     out = copy.deepcopy(optimizer)
-    for key in EPOCH_KEYS:
-        out[key] = float(optimizer[key]) * factor
-    for key in EPOCH_SEQUENCE_KEYS:
-        out[key] = tuple(float(b) * factor for b in optimizer[key])
+    for section, key in epoch_keys():
+        value = optimizer[section][key]
+        if isinstance(value, (tuple, list)):
+            out[section][key] = tuple(float(b) * factor for b in value)
+        else:
+            out[section][key] = float(value) * factor
     return out
