@@ -209,5 +209,15 @@ def default_optimizer_config() -> ml_collections.ConfigDict:
 def validate_optimizer_config(cfg: Mapping[str, Any] | ml_collections.ConfigDict) -> None:
     """Raises ``ConfigError`` (a ValueError) naming the offending key, its value and what is
     allowed: no unknown, misplaced or missing keys, every value in range, each recipe's rules
-    (e.g. one more slow-start factor than boundaries)."""
+    (e.g. one more slow-start factor than boundaries).
+
+    >>> cfg = default_optimizer_config().to_dict()
+    >>> cfg["lars_eps"] = 1e-5  # the flat key of before the registry
+    >>> try:
+    ...     validate_optimizer_config(cfg)
+    ... except ValueError as e:  # one line (wrapped here)
+    ...     print(e)
+    config key config.optimizer.lars_eps belongs to a recipe's own section:
+    config.optimizer.lars.eps
+    """
     OPTIMIZER.validate(cfg)

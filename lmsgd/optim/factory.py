@@ -63,7 +63,20 @@ def build_recipe(
 ) -> registry.Built:
     """The recipe ``cfg.name`` built, not yet called: ``built()`` is the transformation, and
     ``optax.inject_hyperparams(built.transform, static_args=built.static_args)(**built.kwargs)``
-    the same with its hyperparameters in the state. Arguments as :func:`create_optimizer`."""
+    the same with its hyperparameters in the state. Arguments as :func:`create_optimizer`.
+
+    >>> import optax
+    >>> from lmsgd.optim import build_recipe, default_optimizer_config
+    >>> cfg = default_optimizer_config()  # the paper: rmsprop_warmup, slow start
+    >>> built = build_recipe(cfg, global_batch_size=32768, steps_per_epoch=39, num_epochs=90)
+    >>> built.transform.__name__, sorted(built.schedules)
+    ('rmsprop_warmup_chain', ['alpha_sgd', 'learning_rate'])
+    >>> print(f"{float(built.schedules['learning_rate'](0)):.2f}")  # 0.5 x 12.8
+    6.40
+    >>> tx = optax.inject_hyperparams(built.transform, static_args=built.static_args)(
+    ...     **built.kwargs
+    ... )
+    """
     validate_optimizer_config(cfg)
     for arg, value in (
         ("global_batch_size", global_batch_size),

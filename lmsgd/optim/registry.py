@@ -6,6 +6,14 @@ defaults, checks and docs, as :class:`lmsgd.schema.Key`). Adding one is one
 :func:`register_optimizer` (or :func:`register_schedule`) call, next to the others in
 :mod:`lmsgd.optim.recipes`; its config keys, their validation, the command line and
 ``scale_epochs`` all follow from it. See docs/optimizer.md.
+
+>>> from lmsgd.optim import OPTIMIZERS, SCHEDULES
+>>> sorted(OPTIMIZERS)
+['lamb', 'lars', 'momentum', 'nesterov', 'rmsprop_warmup']
+>>> list(OPTIMIZERS["lars"].keys)  # config.optimizer.lars.<key>
+['momentum', 'trust_coefficient', 'eps', 'exclude_1d']
+>>> SCHEDULES["goyal"].epoch_keys  # what scale_epochs rescales
+('warmup_epochs', 'boundaries')
 """
 
 from __future__ import annotations

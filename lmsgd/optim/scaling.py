@@ -27,6 +27,13 @@ def scale_epochs(
     at 30 epochs the hand-over is centred on epoch 3.33 and the slow-start drops come at
     13.3 / 23.3 / 28.3. Every recipe's section is scaled, not only the ones named, so that
     switching `name` or `schedule` afterwards (e.g. on the command line) stays consistent.
+
+    >>> from lmsgd.optim import default_optimizer_config
+    >>> short = scale_epochs(default_optimizer_config(), 30.0)
+    >>> round(short.rmsprop_warmup.beta_center, 2)
+    3.33
+    >>> [round(b, 1) for b in short.slow_start.boundaries]
+    [13.3, 23.3, 28.3]
     """
     factor = float(num_epochs) / float(reference_epochs)
     # A deep copy keeps typed placeholders (e.g. base_learning_rate=None, settable from the

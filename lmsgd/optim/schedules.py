@@ -62,6 +62,12 @@ def alpha_sgd_schedule(
       steps_per_epoch: optimizer steps per epoch.
       beta_center: epoch at which alpha_sgd = 0.5.
       beta_period: epochs; alpha_sgd reaches 1 at ``beta_center + beta_period / 2``.
+
+    The reference values of docs/recipe.md section 1, at 39 steps per epoch:
+
+    >>> alpha = alpha_sgd_schedule(39, beta_center=10.0, beta_period=5.0)
+    >>> [round(float(alpha(e * 39)), 7) for e in (0, 5, 10, 11, 12, 12.5, 50)]
+    [0.0091578, 0.0676676, 0.5, 0.7, 0.9, 1.0, 1.0]
     """
     _check_steps_per_epoch(steps_per_epoch)
     if not beta_period > 0:
