@@ -2,6 +2,7 @@
 
 import doctest
 import importlib
+import pathlib
 
 import pytest
 
@@ -24,3 +25,15 @@ def test_docstring_examples(name):
     )
     assert result.attempted > 0, f"{name} has no examples"
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples of {name} failed"
+
+
+def test_the_optimizer_page_examples():
+    """docs/optimizer.md: using rmsprop_warmup in your own optax code, as written there."""
+    page = pathlib.Path(__file__).resolve().parents[1] / "docs" / "optimizer.md"
+    result = doctest.testfile(
+        str(page),
+        module_relative=False,
+        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
+    )
+    assert result.attempted >= 10
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed"

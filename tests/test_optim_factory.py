@@ -391,3 +391,71 @@ def test_rmsprop_warmup_state_keeps_the_layout_of_checkpoints_with_separate_deca
     for a, b in zip(jax.tree.leaves(new_updates), jax.tree.leaves(old_updates)):
         np.testing.assert_allclose(a, b, rtol=1e-6)
     ckpt.close()
+
+
+def test_checkpoint_fingerprint_keeps_the_names_it_was_recorded_under():
+    """delta_dtype moved to config.optimizer.rmsprop_warmup; checkpoints record it under its
+    old name, so those written before the registry still resume (restore compares names)."""
+    from lmsgd.checkpointing import config_fingerprint
+    from lmsgd.config import base_config
+
+    config = base_config()
+    before_the_registry = {  # what checkpoints written before issue 25 hold
+        "model.name": "resnet50",
+        "model.num_classes": None,
+        "model.width_multiplier": 1.0,
+        "model.norm_mode": "batch_stats",
+        "optimizer.name": "rmsprop_warmup",
+        "optimizer.delta_dtype": "float32",
+    }
+    assert config_fingerprint(config) == before_the_registry
+    config.optimizer.rmsprop_warmup.delta_dtype = "bfloat16"
+    assert config_fingerprint(config)["optimizer.delta_dtype"] == "bfloat16"
+
+
+# ----------------------------------------------------------------------------- registry
+def test_a_new_optimizer_is_one_registration(monkeypatch):
+    """What recipes.py does for each optimizer is all a new one needs: its section is in the
+    defaults (and base_config), validated with one-line errors, scaled by scale_epochs, and
+    create_optimizer builds it (here optax.adamw, compared with optax.adamw itself)."""
+    from lmsgd.config import base_config, validate_config
+    from lmsgd.optim import registry, scale_epochs
+    from lmsgd.schema import Key, positive
+
+    def build(section, ctx):
+        kwargs = dict(learning_rate=ctx.learning_rate, b2=section["b2"],
+                      weight_decay=ctx.weight_decay, mask=ctx.weight_decay_mask)  # fmt: skip
+        return registry.Built(optax.adamw, kwargs)
+
+    recipe = registry.OptimizerRecipe(
+        name="adamw_for_test",
+        doc="optax.adamw",
+        keys={
+            "b2": Key(0.999, "second-moment decay", positive, "a positive number"),
+            "decay_epochs": Key(30.0, "an epoch-valued setting", positive, "epochs"),
+        },
+        build=build,
+        epoch_keys=("decay_epochs",),
+    )
+    monkeypatch.setitem(registry.OPTIMIZERS, recipe.name, recipe)  # removed afterwards
+    config = base_config()
+    assert config.optimizer.adamw_for_test.b2 == 0.999
+    config.optimizer.name = "adamw_for_test"
+    config.optimizer.schedule = "constant"
+    config.optimizer.base_learning_rate = 0.01
+    config.optimizer.adamw_for_test.b2 = 0.99
+    validate_config(config)
+    assert scale_epochs(config.optimizer, 45.0).adamw_for_test.decay_epochs == 15.0
+    tx, schedules = create_optimizer(config.optimizer, **BUILD)
+    params, grads = _params(), jax.tree.map(lambda p: 0.3 * p, _params())
+    ref = optax.adamw(0.01, b2=0.99, weight_decay=config.optimizer.weight_decay)
+    u, _ = tx.update(grads, tx.init(params), params)
+    u_ref, _ = ref.update(grads, ref.init(params), params)
+    for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(u_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    bad = config.optimizer.to_dict()
+    bad["adamw_for_test"]["b1"] = 0.9
+    with pytest.raises(ValueError, match=r"unknown config key config\.optimizer\.adamw_for_test"):
+        validate_optimizer_config(bad)
+    with pytest.raises(ValueError, match="cannot register 'lars'"):
+        registry.register_optimizer(registry.OptimizerRecipe("lars", "", {}, build))

@@ -1,4 +1,4 @@
-"""RMSprop warm-up: RMSprop that hands over smoothly to momentum SGD (PAPER.md section 1).
+"""RMSprop warm-up: RMSprop that hands over smoothly to momentum SGD (docs/recipe.md section 1).
 
 Per parameter tensor, with gradient ``g_t`` (already all-reduced; L2 weight decay ``wd * theta``
 added, here or before)::
@@ -13,6 +13,16 @@ so at ``alpha_sgd = 1`` this is momentum SGD with eta outside the buffer, the fo
 (2017, "momentum correction") recommend. When eta changes, the whole velocity, its RMSprop
 part included, is scaled by the new eta.
 
+Two entry points, as optax has for its own optimizers
+------------------------------------------------------
+:func:`scale_by_rmsprop_warmup` gives the direction ``-Delta_t`` from ``alpha_sgd`` and
+``alpha_rmsprop`` directly, with no learning rate (like ``optax.scale_by_rms``); follow it with
+``optax.scale_by_learning_rate``. :func:`rmsprop_warmup` is the alias: it ties
+``alpha_rmsprop`` to eta and eta_rmsprop as above, multiplies by eta and takes the eta = 0
+limit below. Both are the same fused pass with the same state, :class:`RMSpropWarmupState`,
+and every numeric hyperparameter may be a traced array, so ``optax.inject_hyperparams`` and the
+other optax wrappers work (docs/optimizer.md; tests/test_optim_contract.py).
+
 Numerics when eta is 0 or tiny
 ------------------------------
 ``alpha_rmsprop`` divides by eta, so the RMSprop part of ``Delta`` grows like ``1 / eta``. For
@@ -24,7 +34,7 @@ eta = 0 the update is the eta -> 0+ limit, computed without 1 / eta::
 
     eta * Delta_t -> -(1 - alpha_sgd) * eta_rmsprop * g_t / (sqrt(m_t) + eps)
 
-so the RMSprop step stays "independent of eta" as PAPER.md says. At eta = 0 the RMSprop part
+so the RMSprop step stays "independent of eta" as docs/recipe.md says. At eta = 0 the RMSprop part
 of the velocity has no finite value in units of eta, so we store
 ``Delta_t = mu1 * Delta_{t-1} - alpha_sgd * g_t``: that step's RMSprop move is applied to the
 parameters but not carried as momentum into later steps. For tiny positive eta the state stays
