@@ -65,7 +65,7 @@ def _momentum_key(used_by: str) -> Key:
     return Key(0.9, f"mu1: momentum of {used_by}.", _unit_interval_open, "a number in [0, 1)")
 
 
-def _masks(ctx: BuildContext, kwargs: dict[str, Any]) -> tuple[str, ...]:
+def _function_masks(kwargs: dict[str, Any]) -> tuple[str, ...]:
     """Arguments of ``kwargs`` that are masks given as functions: ``inject_hyperparams`` must
     be told that they are not schedules."""
     return tuple(k for k, v in kwargs.items() if "mask" in k and callable(v))
@@ -126,7 +126,7 @@ def _build_rmsprop_warmup(cfg: Mapping[str, Any], ctx: BuildContext) -> Built:
         # every gradient the saturation would act on (|g| > ~1.8e19 overflows the norm).
         saturate=False,
     )
-    return Built(rmsprop_warmup_chain, kwargs, {"alpha_sgd": alpha}, _masks(ctx, kwargs))
+    return Built(rmsprop_warmup_chain, kwargs, {"alpha_sgd": alpha}, _function_masks(kwargs))
 
 
 register_optimizer(
@@ -195,7 +195,7 @@ def _sgd_builder(nesterov: bool):
             learning_rate=ctx.learning_rate, momentum=cfg["momentum"], nesterov=nesterov,
             weight_decay=ctx.weight_decay, weight_decay_mask=ctx.weight_decay_mask,
         )  # fmt: skip
-        return Built(sgd_chain, kwargs, {}, _masks(ctx, kwargs))
+        return Built(sgd_chain, kwargs, {}, _function_masks(kwargs))
 
     return build
 
@@ -223,7 +223,7 @@ def _build_lars(cfg: Mapping[str, Any], ctx: BuildContext) -> Built:
         trust_ratio_mask=multi_dim_mask if cfg["exclude_1d"] else True,
         momentum=cfg["momentum"],
     )
-    return Built(optax.lars, kwargs, {}, _masks(ctx, kwargs))
+    return Built(optax.lars, kwargs, {}, _function_masks(kwargs))
 
 
 register_optimizer(
@@ -263,7 +263,7 @@ def _build_lamb(cfg: Mapping[str, Any], ctx: BuildContext) -> Built:
         learning_rate=ctx.learning_rate, b1=cfg["b1"], b2=cfg["b2"], eps=cfg["eps"],
         weight_decay=ctx.weight_decay, mask=ctx.weight_decay_mask,
     )  # fmt: skip
-    return Built(optax.lamb, kwargs, {}, _masks(ctx, kwargs))
+    return Built(optax.lamb, kwargs, {}, _function_masks(kwargs))
 
 
 register_optimizer(
