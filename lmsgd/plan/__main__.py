@@ -77,6 +77,9 @@ if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Stale libtpu lock files would otherwise fail the next planner process.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    # The planner compiles for GPUs and TPUs without owning them (deviceless topologies):
+    # nothing here runs on a local accelerator, so JAX need not start one.
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
     _early_device_count(sys.argv)
     from absl import app
 
