@@ -33,7 +33,6 @@ from lmsgd.parallel.collectives import Collective
 from lmsgd.plan.hardware import Hardware
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Assumptions:
     """The model's free parameters (all dimensionless fractions or seconds).

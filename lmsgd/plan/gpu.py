@@ -97,8 +97,7 @@ def gpu_devices(target: Target) -> list:
         )
     except Exception as e:  # the plugin raises JaxRuntimeError with its reason
         raise PlanError(
-            f"--target {target.spec}: XLA:GPU rejects the target "
-            f"({str(e).splitlines()[0][:200]})"
+            f"--target {target.spec}: XLA:GPU rejects the target ({str(e).splitlines()[0][:200]})"
         ) from e
     return sorted(desc.devices, key=lambda d: (d.process_index, d.id))
 

@@ -13,8 +13,8 @@ import jax
 import numpy as np
 
 from lmsgd.parallel.collectives import Collective, describe_collectives, summarize_collectives
-from lmsgd.plan import compile as compile_lib
 from lmsgd.parallel.xla_flags import gpu_compiler_options
+from lmsgd.plan import compile as compile_lib
 from lmsgd.plan import estimate as estimate_lib
 from lmsgd.plan import gpu as gpu_lib
 from lmsgd.plan import schedule as schedule_lib
@@ -242,7 +242,8 @@ def _max_batch(config, mesh, start: int, capacity: float, peak_at_start: int, op
         except ValueError:  # e.g. a global batch larger than the dataset: treat as the limit
             return False
 
-    slope = (_compile_with_batch(config, mesh, 2 * start, options).peak_bytes - peak_at_start) / start
+    twice = _compile_with_batch(config, mesh, 2 * start, options).peak_bytes
+    slope = (twice - peak_at_start) / start
     if slope <= 0:
         return start
     guess = max(1, int(start + (capacity - peak_at_start) / slope))
@@ -367,7 +368,11 @@ def plan(
     best = None
     if max_batch:
         best = _max_batch(
-            compile_cfg, mesh, setup.per_device_batch, hw.hbm_bytes, compiled.peak_bytes,
+            compile_cfg,
+            mesh,
+            setup.per_device_batch,
+            hw.hbm_bytes,
+            compiled.peak_bytes,
             options,
         )
     measured = _measure(setup, measure_steps) if measure_steps else None

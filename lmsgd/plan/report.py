@@ -53,9 +53,12 @@ def format_plan(p: Plan) -> str:
     lines += [
         "",
         "cost per device per step ("
-        + ("XLA cost analysis" if p.flops_source == "xla cost analysis" else
-           "counted from the compiled program: conv/dot FLOPs, kernels' operand + result "
-           "bytes; XLA:GPU gives no cost analysis")
+        + (
+            "XLA cost analysis"
+            if p.flops_source == "xla cost analysis"
+            else "counted from the compiled program: conv/dot FLOPs, kernels' operand + result "
+            "bytes; XLA:GPU gives no cost analysis"
+        )
         + ")",
         f"  {p.flops / 1e9:,.1f} GFLOP   {p.bytes_accessed / 1e9:,.2f} GB accessed   "
         f"{p.flops_per_image / 1e9:.2f} GFLOP per image (forward + backward + update)",

@@ -392,9 +392,7 @@ class Timeline:
         return min(1.0, max(0.0, 1.0 - self.exposed_s / self.comm_s))
 
 
-def simulate(
-    schedule: Schedule, compute_s: float, comm_seconds: dict[str, float]
-) -> Timeline:
+def simulate(schedule: Schedule, compute_s: float, comm_seconds: dict[str, float]) -> Timeline:
     """The step's time line (see the module docstring).
 
     Args:
@@ -438,9 +436,16 @@ def summary(schedule: Schedule, collectives: Sequence[ScheduledCollective]) -> d
         "issued_before_compute_end": issued_before_compute_end(schedule, collectives),
         "compute_after_start": compute_after(schedule, collectives),
         "buffers": [
-            {"bytes": c.bytes, "dtypes": list(c.dtypes), "async": c.is_async,
-             "compute_left_at_start": (sum(schedule.flops[c.start + 1 :]) /
-                                       schedule.total_flops if schedule.total_flops else 0.0)}
+            {
+                "bytes": c.bytes,
+                "dtypes": list(c.dtypes),
+                "async": c.is_async,
+                "compute_left_at_start": (
+                    sum(schedule.flops[c.start + 1 :]) / schedule.total_flops
+                    if schedule.total_flops
+                    else 0.0
+                ),
+            }
             for c in collectives
         ],  # fmt: skip
     }
