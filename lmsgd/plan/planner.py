@@ -167,7 +167,7 @@ def _proxy_collectives(
     return out, notes
 
 
-def _prepare(config, target: targets_lib.Target):
+def _prepare(config, target: targets_lib.Target, force_proxy: bool = False):
     """(target with real device counts, hardware, mesh, config to compile, notes)."""
     ar = config.allreduce
     if target.kind == "tpu":
@@ -184,7 +184,7 @@ def _prepare(config, target: targets_lib.Target):
         devices = _cpu_devices(target.num_devices)
         mesh = compile_lib.make_mesh(devices, ar.algorithm, target.devices_per_node)
         return target, cpu_hardware(target.num_devices), mesh, config, []
-    if gpu_lib.plugin_available():  # XLA:GPU itself, for the target's spec
+    if gpu_lib.plugin_available() and not force_proxy:  # XLA:GPU itself, for the spec
         devices = gpu_lib.gpu_devices(target)
         mesh = compile_lib.make_mesh(devices, ar.algorithm, target.devices_per_node)
         return target, HARDWARE[target.hardware], mesh, config, []
@@ -328,7 +328,19 @@ def plan(
         raise targets_lib.PlanError(str(e)) from e
     on_gpu = parsed.kind == "gpu" and mesh.devices.flat[0].platform != "cpu"
     options = gpu_compiler_options(os.environ.get("XLA_FLAGS", "")) if on_gpu else {}
-    compiled = compile_lib.compile_step(setup, options)
+    try:
+        compiled = compile_lib.compile_step(setup, options)
+    except jax.errors.JaxRuntimeError as e:
+        if not on_gpu:
+            raise
+        # e.g. an old ptxas on this host for an old GPU: say so, and fall back to the proxy
+        reason = str(e).splitlines()[0][:160]
+        parsed, hw, mesh, compile_cfg, notes = _prepare(config, parsed, force_proxy=True)
+        notes[0] = notes[0].replace(
+            "CUDA plugin not installed", f"XLA:GPU could not compile here: {reason}"
+        )
+        setup, on_gpu, options = compile_lib.build_step(compile_cfg, mesh), False, {}
+        compiled = compile_lib.compile_step(setup)
     found = describe_collectives(compiled.hlo)
     proxy = parsed.kind == "gpu" and not on_gpu
     sched = schedule_lib.parse_schedule(compiled.hlo) if not proxy else None
