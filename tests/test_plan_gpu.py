@@ -182,7 +182,7 @@ def test_plan_gpu_target_compiles_with_xla_gpu():
     assert sum(c["bytes"] for c in grads) == pytest.approx(2 * param_count(cfg), rel=0.01)
     assert p.overlap["count"] >= 1 and p.overlap["async"] == p.overlap["count"]
     assert p.estimate.overlap_source == "compiled schedule"
-    assert p.xla_flags == {k: v for k, v in xla_flags.GPU_XLA_FLAGS.items()}
+    assert xla_flags.GPU_XLA_FLAGS.items() <= p.xla_flags.items()
     # FLOPs per image: the analytic count of the same network is tested above; here the
     # order of magnitude of cifar_resnet8 at width 0.5 on 16x16 images (~1 MFLOP).
     assert 1e5 < p.flops_per_image < 1e7

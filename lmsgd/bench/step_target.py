@@ -113,8 +113,12 @@ def _figures(compiled, target, hw, mesh, per_device_batch, dtype) -> dict[str, A
 
 def run_target(args: argparse.Namespace, settings) -> dict[str, Any]:
     """Compile both variants for `args.target`; print the comparison; write JSON."""
-    from lmsgd.parallel.xla_flags import gpu_compiler_options
+    import jax
+
+    if not os.environ.get("JAX_PLATFORMS"):  # compile only: no local accelerator is needed
+        jax.config.update("jax_platforms", "cpu")
     from lmsgd.plan import compile as compile_lib
+    from lmsgd.plan import gpu as gpu_lib
     from lmsgd.plan.hardware import HARDWARE
     from lmsgd.plan.targets import parse_target
 
@@ -128,7 +132,8 @@ def run_target(args: argparse.Namespace, settings) -> dict[str, Any]:
     s = settings(args, target.kind)
     s["num_classes"] = args.num_classes or (10 if s["model"].startswith("cifar") else 1000)
     global_batch = s["per_device_batch"] * len(devices)
-    options = gpu_compiler_options(os.environ.get("XLA_FLAGS", "")) if target.kind == "gpu" else {}
+    xla_flags = os.environ.get("XLA_FLAGS", "")
+    options = gpu_lib.compiler_options(xla_flags) if target.kind == "gpu" else {}
     record = common.new_record("step_target", None, {
         "target": target.spec, "devices": len(devices), **s, "dtype": args.dtype,
         "allreduce_dtype": args.allreduce_dtype,

@@ -80,6 +80,33 @@ def plugin_available() -> bool:
     return True
 
 
+def compiler_options(xla_flags: str = "") -> dict:
+    """Compile options for a deviceless XLA:GPU compile: lmsgd's recommended GPU flags
+    (`lmsgd.parallel.xla_flags`), and the CUDA directory of the `nvidia-cuda-nvcc-cu12` wheel
+    (the `plan` extra) so that XLA:GPU finds a `ptxas` and `libdevice` for every target GPU
+    without a CUDA install (a system CUDA 13 has dropped sm_60 / sm_70: P100, V100). Flags
+    set in `xla_flags` (the user's XLA_FLAGS) are left to XLA."""
+    from lmsgd.parallel.xla_flags import gpu_compiler_options
+
+    options = dict(gpu_compiler_options(xla_flags))
+    path = cuda_data_dir()
+    if path and "xla_gpu_cuda_data_dir" not in xla_flags:
+        options["xla_gpu_cuda_data_dir"] = path
+    return options
+
+
+def cuda_data_dir() -> str | None:
+    """The `nvidia-cuda-nvcc-cu12` wheel's CUDA directory (bin/ptxas, nvvm/libdevice)."""
+    try:
+        import nvidia.cuda_nvcc as nvcc
+    except ImportError:
+        return None
+    for path in getattr(nvcc, "__path__", []):
+        if os.path.exists(os.path.join(path, "bin", "ptxas")):
+            return path
+    return None
+
+
 def gpu_devices(target: Target) -> list:
     """The devices of a GPU cluster target, for XLA:GPU (no GPU needed), (node, id) order.
 

@@ -13,7 +13,6 @@ import jax
 import numpy as np
 
 from lmsgd.parallel.collectives import Collective, describe_collectives, summarize_collectives
-from lmsgd.parallel.xla_flags import gpu_compiler_options
 from lmsgd.plan import compile as compile_lib
 from lmsgd.plan import estimate as estimate_lib
 from lmsgd.plan import gpu as gpu_lib
@@ -327,13 +326,13 @@ def plan(
     except ValueError as e:
         raise targets_lib.PlanError(str(e)) from e
     on_gpu = parsed.kind == "gpu" and mesh.devices.flat[0].platform != "cpu"
-    options = gpu_compiler_options(os.environ.get("XLA_FLAGS", "")) if on_gpu else {}
+    options = gpu_lib.compiler_options(os.environ.get("XLA_FLAGS", "")) if on_gpu else {}
     try:
         compiled = compile_lib.compile_step(setup, options)
     except jax.errors.JaxRuntimeError as e:
         if not on_gpu:
             raise
-        # e.g. an old ptxas on this host for an old GPU: say so, and fall back to the proxy
+        # e.g. no ptxas for this GPU on this host: say so, and fall back to the proxy
         reason = str(e).splitlines()[0][:160]
         parsed, hw, mesh, compile_cfg, notes = _prepare(config, parsed, force_proxy=True)
         notes[0] = notes[0].replace(
