@@ -321,6 +321,8 @@ def plan(
             f"global_batch_size={config.global_batch_size} must be a multiple of the {n} "
             f"devices of --target {parsed.spec}; e.g. {n * max(1, config.global_batch_size // n)}"
         )
+    compile_cfg = compile_cfg.copy_and_resolve_references()
+    compile_cfg.eval_batch_size = None  # only the train step is compiled: no eval constraint
     try:
         setup = compile_lib.build_step(compile_cfg, mesh)
     except ValueError as e:
