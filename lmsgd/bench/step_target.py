@@ -87,8 +87,9 @@ def _figures(compiled, target, hw, mesh, per_device_batch, dtype) -> dict[str, A
     mem = compiled.memory_analysis()
     hlo = re.sub(r"/\*index=\d+\*/", "", compiled.as_text())
     sched = schedule_lib.parse_schedule(hlo)
-    cost = common.compiled_cost(compiled)
-    if not cost.get("flops"):
+    xla_cost = common.compiled_cost(compiled)
+    cost = {"flops": xla_cost["flops"], "bytes accessed": xla_cost["bytes_accessed"]}
+    if not cost["flops"]:  # XLA:GPU has no cost analysis: count from the program
         cost = {"flops": sched.total_flops, "bytes accessed": float(sched.bytes_accessed)}
     est = estimate_lib.estimate(
         flops=cost["flops"], bytes_accessed=cost["bytes accessed"],
