@@ -340,6 +340,8 @@ def plan(
         notes[0] = notes[0].replace(
             "CUDA plugin not installed", f"XLA:GPU could not compile here: {reason}"
         )
+        compile_cfg = compile_cfg.copy_and_resolve_references()
+        compile_cfg.eval_batch_size = None
         setup, on_gpu, options = compile_lib.build_step(compile_cfg, mesh), False, {}
         compiled = compile_lib.compile_step(setup)
     found = describe_collectives(compiled.hlo)
