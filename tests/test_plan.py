@@ -147,6 +147,11 @@ def test_tpu_topology_compiles_with_tpu_compiler():
     assert 2 * n_params <= p.gradient_allreduce_bytes <= 1.01 * 2 * n_params
     assert p.fits and p.memory["capacity_bytes"] == int(HARDWARE["v5p"].hbm_bytes)
     assert p.flops > 0 and p.estimate.step_s > 0
+    # The overlap comes from the TPU program's own schedule, over the same gradient bytes.
+    assert p.estimate.overlap_source == "compiled schedule"
+    assert p.overlap["bytes"] == p.gradient_allreduce_bytes
+    assert 0.0 <= p.overlap["issued_before_backward_end"] <= 1.0
+    assert 0.0 <= p.estimate.overlap <= 1.0
 
 
 def test_cli_user_errors_are_one_line_without_traceback():
