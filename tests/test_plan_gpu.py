@@ -145,6 +145,28 @@ def _target(spec):
     return parse_target(spec)
 
 
+def test_every_gpu_model_has_a_spec_and_assumptions():
+    from lmsgd.plan import HARDWARE
+    from lmsgd.plan.estimate import ASSUMPTIONS
+
+    gpus = {k for k, h in HARDWARE.items() if h.kind == "gpu"}
+    assert gpus == set(gpu_lib.SPECS) and gpus <= set(ASSUMPTIONS)
+    for name in set(gpu_lib.SPECS.values()):
+        assert os.path.exists(os.path.join(gpu_lib.SPEC_DIR, name))
+
+
+@needs_plugin
+@pytest.mark.parametrize("model", ["b200", "h200"])
+def test_newer_gpus_plan_a_small_step_on_xla_gpu(model):
+    from test_plan import tiny_config
+
+    from lmsgd.plan import plan
+
+    p = plan(tiny_config(global_batch=16), f"gpu:{model}:8x1")
+    assert p.compiled_for == "gpu" and p.kernels["cudnn"] > 0 and p.fits
+    assert p.estimate.step_s > 0
+
+
 def test_strip_fields_removes_scalars_and_messages_at_any_depth():
     text = (
         "a {\n  keep: 1\n  mem_clock_ghz: 0.7\n  collective_memory_granularity: 2\n"
