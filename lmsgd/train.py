@@ -254,6 +254,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def main(argv: list[str] | None = None) -> int:
     from lmsgd import cli
+    from lmsgd.parallel.xla_flags import apply_gpu_xla_flags
+
+    apply_gpu_xla_flags()  # on GPU, before JAX starts its backend; the user's XLA_FLAGS win
 
     return cli.run_command(
         "lmsgd.train", argv, lambda config, flags: train_and_evaluate(config, flags.workdir)

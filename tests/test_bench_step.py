@@ -106,3 +106,45 @@ def test_bad_counts_are_one_argparse_error(flag, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {flag}: '0' is not an integer >= 1" in err and "Traceback" not in err
+
+
+def _has(module):
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        pytest.param("gpu:h100:2x1", marks=pytest.mark.skipif(
+            not _has("jax_plugins.xla_cuda12"), reason="needs the CUDA plugin (.[plan])")),
+        pytest.param("tpu:v5p:2x2x1", marks=pytest.mark.skipif(
+            not _has("libtpu"), reason="needs libtpu (.[plan])")),
+    ],
+)  # fmt: skip
+def test_step_target_compiles_ours_and_baseline_deviceless(target, tmp_path, capsys):
+    args = ["step", "--target", target, "--model", "cifar_resnet8",
+            "--width_multiplier", "0.25", "--per_device_batch", "2", "--image_size", "8",
+            "--dtype", "bfloat16", "--allreduce_dtype", "bfloat16",
+            "--results_dir", str(tmp_path)]  # fmt: skip
+    record = main(args)
+    out = capsys.readouterr().out
+    compiler = "by XLA:GPU" if target.startswith("gpu") else "by the TPU compiler"
+    assert compiler in out and "ours / baseline" in out
+    saved = json.loads(next(tmp_path.glob("bench_step_target_*.json")).read_text())
+    ours, base = saved["results"]["ours"], saved["results"]["baseline"]
+    for r in (ours, base):
+        assert _positive(r["peak_bytes"]) and _positive(r["temp_bytes"])
+        assert _positive(r["flops"]) and _positive(r["bytes_accessed"])
+        assert r["kernels"]["kernels"] > 0 and 0.0 <= r["exposed_allreduce_share"] <= 1.0
+        if target.startswith("gpu"):
+            assert r["kernels"]["cudnn"] > 0
+    if target.startswith("gpu"):
+        # Same network, batch and compiler: the same convolution and dot FLOPs.
+        assert ours["flops"] == pytest.approx(base["flops"], rel=0.01)
+    ratios = record["ratios_ours_over_baseline"]
+    assert ratios["peak_bytes"] == pytest.approx(ours["peak_bytes"] / base["peak_bytes"])

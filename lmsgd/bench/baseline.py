@@ -176,3 +176,22 @@ def make_baseline_train_step(
         out_shardings=(replicated(mesh), replicated(mesh)),
         donate_argnums=(0,) if donate else (),
     )
+
+
+def abstract_baseline_state(model, tx, rng, image_shape, mesh: Mesh) -> TrainState:
+    """`create_baseline_state` as `jax.ShapeDtypeStruct`s (nothing allocated: the mesh's
+    devices may be a deviceless TPU / GPU topology)."""
+
+    def init():
+        variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=variables["params"],
+            batch_stats=variables["batch_stats"],
+            opt_state=tx.init(variables["params"]),
+        )
+
+    rep = replicated(mesh)
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), jax.eval_shape(init)
+    )

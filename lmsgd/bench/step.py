@@ -87,6 +87,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "compiles take seconds)",
     )
     parser.add_argument("--no_baseline", action="store_true", help="time our step only")
+    parser.add_argument(
+        "--target",
+        default=None,
+        help="compile ours and the baseline for a GPU or TPU target this host does not own "
+        "(gpu:MODEL:GPUSxNODES, tpu:GEN:TOPOLOGY; lmsgd.bench.step_target): memory, kernels, "
+        "bytes, exposed all-reduce share, no timing",
+    )
     common.add_common_arguments(parser)
 
 
@@ -252,6 +259,10 @@ def _build(variant: str, s: dict, args, mesh, n: int):
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Compile and time each variant; print a table; write JSON; return the record."""
+    if getattr(args, "target", None):  # compile only, for a deviceless GPU / TPU target
+        from lmsgd.bench.step_target import run_target
+
+        return run_target(args, _settings)
     devices = common.setup_devices(args.devices)
     import jax
     import jax.numpy as jnp

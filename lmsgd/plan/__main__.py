@@ -77,6 +77,14 @@ if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Stale libtpu lock files would otherwise fail the next planner process.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    # The planner compiles for GPUs and TPUs without owning them (deviceless topologies):
+    # nothing here runs on a local accelerator, so JAX need not start one (an installed CUDA
+    # plugin on a GPU-less host would otherwise fail to initialise, and deviceless XLA:GPU
+    # with it). jax read the environment when lmsgd.plan imported it: set its config.
+    if not os.environ.get("JAX_PLATFORMS"):
+        import jax
+
+        jax.config.update("jax_platforms", "cpu")
     _early_device_count(sys.argv)
     from absl import app
 

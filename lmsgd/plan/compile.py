@@ -171,6 +171,9 @@ class CompiledStep:
         is counted K times; it is a few percent of a ResNet-50 step).
       hlo: the compiled program's text (tuple `/*index=N*/` comments removed).
       compile_s: wall time of lower + compile.
+      flops_source: where `flops` and `bytes_accessed` come from: "xla cost analysis", or
+        (XLA:GPU has none) "hlo count": convolution and dot FLOPs counted from the compiled
+        program's shapes, bytes as its kernels' operands + results (`lmsgd.plan.schedule`).
     """
 
     argument_bytes: int
@@ -182,6 +185,7 @@ class CompiledStep:
     bytes_accessed: float
     hlo: str
     compile_s: float
+    flops_source: str = "xla cost analysis"
 
     @property
     def peak_bytes(self) -> int:
@@ -189,17 +193,31 @@ class CompiledStep:
         return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
 
 
+# Compiled HLO prints long tuple shapes with /*index=N*/ comments, which the collective
+# parser would otherwise read as part of a shape.
 _INDEX_COMMENT = re.compile(r"/\*index=\d+\*/")
 
 
-def compile_step(setup: StepSetup) -> CompiledStep:
-    """Lowers and compiles `setup.step` for the mesh's platform (TPU via libtpu, or CPU)."""
+def compile_step(
+    setup: StepSetup, compiler_options: Mapping[str, Any] | None = None
+) -> CompiledStep:
+    """Lowers and compiles `setup.step` for the mesh's platform (TPU via libtpu, GPU via
+    XLA:GPU's deviceless compiler, or CPU); `compiler_options` are XLA flags for this compile."""
     t0 = time.perf_counter()
-    compiled = setup.step.lower(setup.state, setup.batch).compile()
+    lowered = setup.step.lower(setup.state, setup.batch)
+    compiled = lowered.compile(compiler_options=dict(compiler_options or {}) or None)
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = (cost[0] if cost else {}) if isinstance(cost, list) else (cost or {})
+    hlo = _INDEX_COMMENT.sub("", compiled.as_text())
+    source = "xla cost analysis"
+    if "flops" not in cost:  # XLA:GPU: no cost analysis; count from the program itself
+        from lmsgd.plan.schedule import parse_schedule
+
+        sched = parse_schedule(hlo)
+        cost = {"flops": sched.total_flops, "bytes accessed": sched.bytes_accessed}
+        source = "hlo count"
     return CompiledStep(
         argument_bytes=int(mem.argument_size_in_bytes),
         output_bytes=int(mem.output_size_in_bytes),
@@ -208,8 +226,7 @@ def compile_step(setup: StepSetup) -> CompiledStep:
         code_bytes=int(getattr(mem, "generated_code_size_in_bytes", 0) or 0),
         flops=float(cost.get("flops", 0.0)) * setup.cost_factor,
         bytes_accessed=float(cost.get("bytes accessed", 0.0)) * setup.cost_factor,
-        # Compiled HLO prints long tuple shapes with /*index=N*/ comments, which the
-        # collective parser would otherwise read as part of a shape.
-        hlo=_INDEX_COMMENT.sub("", compiled.as_text()),
+        hlo=hlo,
         compile_s=compile_s,
+        flops_source=source,
     )

@@ -11,6 +11,11 @@ Per device per step:
                 (n-1)/n for all-gather / reduce-scatter / all-to-all
     step_s    = device_s + (1 - overlap) x comm_s
 
+overlap: by default measured from the compiled schedule (`lmsgd.plan.schedule.simulate`):
+compute runs the scheduled instructions in order, each taking its FLOP share of device_s; the
+link runs the collectives in issue order; a done waits for its collective. overlap = 1 -
+(simulated step - device_s) / comm_s. `Assumptions.overlap` set to a number overrides it.
+
 Which link: on a TPU slice every collective runs over ICI (a multi-dimensional ring on the
 torus: latency steps 2 x sum(dim - 1)). On GPUs a group inside one node uses NVLink/PCIe; a
 group that spans nodes is limited by the node's network (NCCL runs one ring per NIC, so a
@@ -27,9 +32,6 @@ import math
 from lmsgd.parallel.collectives import Collective
 from lmsgd.plan.hardware import Hardware
 
-# Overlap: by default the gradient all-reduce is assumed to start after the backward pass
-# (XLA can overlap parts of it; assuming none makes the estimate an upper bound on comms).
-
 
 @dataclasses.dataclass(frozen=True)
 class Assumptions:
@@ -42,7 +44,8 @@ class Assumptions:
       link_efficiency: achieved / peak link bandwidth in collectives.
       intra_latency_s: per ring step inside a node / over ICI, seconds.
       inter_latency_s: per ring step across nodes, seconds.
-      overlap: fraction of communication hidden under computation (0 = none).
+      overlap: fraction of communication hidden under computation; None (default): measured
+        from the compiled schedule (0 when there is none).
       gpu_latency_steps: "ring" (2(n-1) latency steps per all-reduce: NCCL's rings, as in
         the paper) or "tree" (2 ceil(log2 n): NCCL's double binary trees since 2.4, and
         recursive halving/doubling); bandwidth terms are the same.
@@ -54,7 +57,7 @@ class Assumptions:
     link_efficiency: float = 0.8
     intra_latency_s: float = 2e-6
     inter_latency_s: float = 5e-6
-    overlap: float = 0.0
+    overlap: float | None = None
     gpu_latency_steps: str = "tree"
     calibrated_on: str = ""
 
@@ -72,6 +75,9 @@ ASSUMPTIONS: dict[str, Assumptions] = {
     "v100": Assumptions(0.35),
     "a100": Assumptions(0.35),
     "h100": Assumptions(0.35),
+    "h100-pcie": Assumptions(0.35),
+    "h200": Assumptions(0.35),
+    "b200": Assumptions(0.35),
     "v3": Assumptions(0.45, intra_latency_s=1e-6),
     "v4": Assumptions(0.45, intra_latency_s=1e-6),
     "v5e": Assumptions(0.45, intra_latency_s=1e-6),
@@ -112,6 +118,8 @@ class Estimate:
     scaling_efficiency: float
     collectives: list[CollectiveCost]
     assumptions: Assumptions
+    overlap: float = 0.0  # fraction of comm_s hidden under compute
+    overlap_source: str = "assumed"  # "compiled schedule" or "assumed"
 
 
 def _first_group(groups: str) -> list[int] | None:
@@ -185,8 +193,11 @@ def estimate(
     steps_per_epoch: int,
     total_steps: int,
     assumptions: Assumptions | None = None,
+    schedule=None,
 ) -> Estimate:
-    """Step, epoch and run time from per-device FLOPs, bytes and the compiled collectives."""
+    """Step, epoch and run time from per-device FLOPs, bytes and the compiled collectives;
+    with `schedule` (`lmsgd.plan.schedule.Schedule` of the same program) the overlap of
+    communication and compute is read from it."""
     a = assumptions or ASSUMPTIONS[hw.name]
     peak, peak_name = hw.peak_for(compute_dtype)
     compute_s = flops / (peak * a.compute_efficiency)
@@ -203,7 +214,11 @@ def estimate(
         entry.bytes += c.bytes
         entry.seconds += seconds
     comm_s = sum(e.seconds for e in grouped.values())
-    step_s = device_s + (1 - a.overlap) * comm_s
+    overlap, source = (a.overlap, "assumed") if a.overlap is not None else (0.0, "assumed")
+    if a.overlap is None and schedule is not None and comm_s > 0:
+        overlap = _schedule_overlap(schedule, device_s, hw, a, num_devices, per_node, topology)
+        source = "compiled schedule"
+    step_s = device_s + (1 - overlap) * comm_s
     return Estimate(
         peak_flops=peak,
         peak_name=peak_name,
@@ -218,4 +233,22 @@ def estimate(
         scaling_efficiency=device_s / step_s,
         collectives=list(grouped.values()),
         assumptions=a,
+        overlap=overlap,
+        overlap_source=source,
     )
+
+
+def _schedule_overlap(schedule, device_s, hw, a, num_devices, per_node, topology) -> float:
+    """Hidden fraction of the communication on the schedule's time line (module docstring)."""
+    from lmsgd.parallel.collectives import _group_size
+    from lmsgd.plan.schedule import simulate
+
+    seconds = {}
+    for c in schedule.collectives:
+        probe = Collective(c.op, c.dtypes[0] if c.dtypes else "f32", 0, c.bytes,
+                           _group_size(c.replica_groups) if c.replica_groups else 0,
+                           c.replica_groups)  # fmt: skip
+        seconds[c.name] = collective_seconds(
+            probe, hw, a, num_devices=num_devices, per_node=per_node, topology=topology
+        )[1]
+    return simulate(schedule, device_s, seconds).overlap

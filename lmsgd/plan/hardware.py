@@ -122,6 +122,41 @@ HARDWARE: dict[str, Hardware] = {
          "intra_bandwidth": _NV_H100 + ": NVLink 900 GB/s (bidirectional)",
          "inter_bandwidth": "NVIDIA DGX H100 datasheet: 8 x 400 Gb/s NDR InfiniBand per node"},
     ),
+    "h100-pcie": Hardware(
+        "h100-pcie", "NVIDIA H100 PCIe 80 GB, 8 per server over PCIe Gen5", "gpu",
+        {"float32": 51 * TFLOPS, "tf32": 378 * TFLOPS, "bfloat16": 756 * TFLOPS,
+         "float16": 756 * TFLOPS},
+        80 * GB, 2000 * GB, 64 * GB, 400 * GB, 8,
+        {"peak_flops": _NV_H100 + " (PCIe): FP32 51, TF32 756 / BF16 1,513 TFLOPS with "
+                                  "sparsity, half that dense",
+         "hbm": _NV_H100 + " (PCIe): 80 GB HBM2e, 2 TB/s",
+         "intra_bandwidth": "PCI Express 5.0 x16: 128 GB/s bidirectional (64 per direction)",
+         "inter_bandwidth": "ASSUMPTION: 8 x 400 Gb/s per server, as a DGX H100"},
+    ),
+    "h200": Hardware(
+        "h200", "NVIDIA H200 SXM 141 GB, DGX H200 node", "gpu",
+        {"float32": 67 * TFLOPS, "tf32": 494.7 * TFLOPS, "bfloat16": 989.4 * TFLOPS,
+         "float16": 989.4 * TFLOPS},
+        141 * GB, 4800 * GB, 450 * GB, 400 * GB, 8,
+        {"peak_flops": "NVIDIA H200 Tensor Core GPU datasheet (2024, SXM): FP32 67, TF32 989 "
+                       "/ BF16 1,979 TFLOPS with sparsity, half that dense",
+         "hbm": "NVIDIA H200 datasheet: 141 GB HBM3e, 4.8 TB/s",
+         "intra_bandwidth": "NVIDIA H200 datasheet: NVLink 900 GB/s (bidirectional)",
+         "inter_bandwidth": "NVIDIA DGX H200 datasheet: 8 x 400 Gb/s InfiniBand per node"},
+    ),
+    "b200": Hardware(
+        "b200", "NVIDIA B200 180 GB, DGX B200 node", "gpu",
+        {"float32": 75 * TFLOPS, "tf32": 1100 * TFLOPS, "bfloat16": 2250 * TFLOPS,
+         "float16": 2250 * TFLOPS},
+        180 * GB, 7700 * GB, 900 * GB, 400 * GB, 8,
+        {"peak_flops": "NVIDIA HGX B200 / DGX B200 datasheets (2024), per GPU: FP32 75, "
+                       "TF32 2.2 / BF16 4.5 PFLOPS with sparsity, half that dense",
+         "hbm": "NVIDIA DGX B200 datasheet: 1,440 GB HBM3e for 8 GPUs (180 GB each); "
+                "bandwidth 7.67 TB/s as in XLA's b200 target spec",
+         "intra_bandwidth": "NVIDIA DGX B200 datasheet: NVLink 5, 1.8 TB/s per GPU "
+                            "(bidirectional)",
+         "inter_bandwidth": "NVIDIA DGX B200 datasheet: 8 x 400 Gb/s ConnectX-7 per node"},
+    ),
     "v3": Hardware(
         "v3", "Google TPU v3 chip (2 TensorCores)", "tpu",
         {"bfloat16": 123 * TFLOPS},

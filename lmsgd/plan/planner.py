@@ -15,13 +15,15 @@ import numpy as np
 from lmsgd.parallel.collectives import Collective, describe_collectives, summarize_collectives
 from lmsgd.plan import compile as compile_lib
 from lmsgd.plan import estimate as estimate_lib
+from lmsgd.plan import gpu as gpu_lib
+from lmsgd.plan import schedule as schedule_lib
 from lmsgd.plan import targets as targets_lib
 from lmsgd.plan.hardware import HARDWARE, Hardware, cpu_hardware
 
 log = logging.getLogger(__name__)
 
-# GPU targets are compiled for CPU (there is no deviceless GPU compiler): this many
-# simulated devices stand in, each with the target's per-device batch.
+# Without the CUDA plugin, GPU targets fall back to a CPU compile: this many simulated
+# devices stand in, each with the target's per-device batch.
 GPU_PROXY_DEVICES = 8
 
 
@@ -31,8 +33,10 @@ class Plan:
 
     Attributes:
       target, hardware: what was planned for.
-      compiled_for: "tpu" (libtpu's compiler: the real program) or "cpu" (GPU targets:
-        the per-device program compiled for CPU, an estimate; cpu targets: the real one).
+      compiled_for: "tpu" (libtpu's compiler: the real program), "gpu" (XLA:GPU's own
+        compiler, deviceless, for the target's spec: the real program), "cpu" (cpu targets)
+        or "cpu-proxy" (GPU targets without the CUDA plugin: the per-device program compiled
+        for CPU, a labelled fallback estimate).
       num_devices, num_processes, mesh: the run's layout (processes: TPU hosts / GPU nodes).
       global_batch, per_device_batch, accumulation_steps, bn_span: images.
       steps_per_epoch, total_steps, num_epochs: optimizer steps / epochs of the run.
@@ -40,7 +44,10 @@ class Plan:
       memory: bytes per device: arguments, outputs, temporaries, aliased, peak, capacity.
       fits: peak <= the device's memory.
       max_per_device_batch: largest per-device batch that fits (with --max_batch), else None.
-      flops, bytes_accessed: XLA cost analysis of one device's program per step.
+      flops, bytes_accessed: one device's program per step, from `flops_source`: XLA's cost
+        analysis (TPU, CPU) or, where XLA:GPU has none, counted from the compiled program
+        (convolution and dot FLOPs from their shapes; bytes as the kernels' operands and
+        results).
       flops_per_image: flops / per-device batch (the whole train step, per image).
       collectives: compiled collectives summed by (op, dtype): count, bytes per device per step.
       gradient_allreduce_bytes: bytes the all-reduces of the gradient dtype move per device
@@ -49,6 +56,14 @@ class Plan:
       compile_s: wall time of lower + compile.
       measured_step_s: with --measure, the mean measured step time on this machine.
       notes: caveats (proxy compiles, dtype promotion).
+      flops_source: "xla cost analysis" or "hlo count".
+      kernels: GPU programs: kernels of the step by kind (cuDNN convolutions, fusions, ...).
+      overlap: the gradient all-reduce in the compiled schedule: count, bytes, async count,
+        `issued_before_backward_end` (bytes share started before the last convolution / dot),
+        `in_flight_during_backward` (... with compute between its start and done),
+        `compute_after_start`, and `timeline_overlap` (the estimate's hidden share).
+      xla_flags: compiler options the step was compiled with (GPU: lmsgd's recommended
+        flags, less those set in XLA_FLAGS).
     """
 
     target: str
@@ -78,6 +93,10 @@ class Plan:
     compile_s: float
     measured_step_s: float | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    flops_source: str = "xla cost analysis"
+    kernels: dict[str, int] = dataclasses.field(default_factory=dict)
+    overlap: dict[str, Any] = dataclasses.field(default_factory=dict)
+    xla_flags: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -147,7 +166,7 @@ def _proxy_collectives(
     return out, notes
 
 
-def _prepare(config, target: targets_lib.Target):
+def _prepare(config, target: targets_lib.Target, force_proxy: bool = False):
     """(target with real device counts, hardware, mesh, config to compile, notes)."""
     ar = config.allreduce
     if target.kind == "tpu":
@@ -164,7 +183,11 @@ def _prepare(config, target: targets_lib.Target):
         devices = _cpu_devices(target.num_devices)
         mesh = compile_lib.make_mesh(devices, ar.algorithm, target.devices_per_node)
         return target, cpu_hardware(target.num_devices), mesh, config, []
-    # GPU: a CPU proxy with the target's per-device batch.
+    if gpu_lib.plugin_available() and not force_proxy:  # XLA:GPU itself, for the spec
+        devices = gpu_lib.gpu_devices(target)
+        mesh = compile_lib.make_mesh(devices, ar.algorithm, target.devices_per_node)
+        return target, HARDWARE[target.hardware], mesh, config, []
+    # Fallback without the CUDA plugin: a CPU proxy with the target's per-device batch.
     n = target.num_devices
     if config.global_batch_size % n:
         raise targets_lib.PlanError(
@@ -178,9 +201,10 @@ def _prepare(config, target: targets_lib.Target):
     local = 2 if k >= 4 else 1
     mesh = compile_lib.make_mesh(devices, ar.algorithm, k // local)
     notes = [
-        f"GPU estimate: the per-device program compiled for CPU on {k} simulated devices "
-        "(no deviceless GPU compiler); FLOPs, bytes and memory are XLA:CPU's, times use the "
-        "GPU's published peaks"
+        f"FALLBACK (CUDA plugin not installed): the per-device program compiled for CPU on {k} "
+        "simulated devices; FLOPs, bytes and memory are XLA:CPU's, times use the GPU's "
+        "published peaks. For XLA:GPU's own figures: pip install -c "
+        "requirements/constraints.txt -e '.[plan]'"
     ]
     return target, HARDWARE[target.hardware], mesh, proxy, notes
 
@@ -197,14 +221,14 @@ def _split(hw: Hardware, per_chip: float) -> Hardware:
     )
 
 
-def _compile_with_batch(config, mesh, per_device: int) -> compile_lib.CompiledStep:
+def _compile_with_batch(config, mesh, per_device: int, options=None) -> compile_lib.CompiledStep:
     cfg = config.copy_and_resolve_references()
     cfg.global_batch_size = per_device * mesh.devices.size
     cfg.eval_batch_size = None
-    return compile_lib.compile_step(compile_lib.build_step(cfg, mesh))
+    return compile_lib.compile_step(compile_lib.build_step(cfg, mesh), options)
 
 
-def _max_batch(config, mesh, start: int, capacity: float, peak_at_start: int) -> int:
+def _max_batch(config, mesh, start: int, capacity: float, peak_at_start: int, options=None) -> int:
     """Largest per-device batch whose compiled program fits `capacity` bytes (to ~6%).
 
     Memory is close to affine in the batch (state + batch x activations), so two compiles
@@ -213,11 +237,12 @@ def _max_batch(config, mesh, start: int, capacity: float, peak_at_start: int) ->
 
     def fits(b: int) -> bool:
         try:
-            return _compile_with_batch(config, mesh, b).peak_bytes <= capacity
+            return _compile_with_batch(config, mesh, b, options).peak_bytes <= capacity
         except ValueError:  # e.g. a global batch larger than the dataset: treat as the limit
             return False
 
-    slope = (_compile_with_batch(config, mesh, 2 * start).peak_bytes - peak_at_start) / start
+    twice = _compile_with_batch(config, mesh, 2 * start, options).peak_bytes
+    slope = (twice - peak_at_start) / start
     if slope <= 0:
         return start
     guess = max(1, int(start + (capacity - peak_at_start) / slope))
@@ -296,20 +321,40 @@ def plan(
             f"global_batch_size={config.global_batch_size} must be a multiple of the {n} "
             f"devices of --target {parsed.spec}; e.g. {n * max(1, config.global_batch_size // n)}"
         )
+    compile_cfg = compile_cfg.copy_and_resolve_references()
+    compile_cfg.eval_batch_size = None  # only the train step is compiled: no eval constraint
     try:
         setup = compile_lib.build_step(compile_cfg, mesh)
     except ValueError as e:
         raise targets_lib.PlanError(str(e)) from e
-    compiled = compile_lib.compile_step(setup)
+    on_gpu = parsed.kind == "gpu" and mesh.devices.flat[0].platform != "cpu"
+    options = gpu_lib.compiler_options(os.environ.get("XLA_FLAGS", "")) if on_gpu else {}
+    try:
+        compiled = compile_lib.compile_step(setup, options)
+    except jax.errors.JaxRuntimeError as e:
+        if not on_gpu:
+            raise
+        # e.g. no ptxas for this GPU on this host: say so, and fall back to the proxy
+        reason = str(e).splitlines()[0][:160]
+        parsed, hw, mesh, compile_cfg, notes = _prepare(config, parsed, force_proxy=True)
+        notes[0] = notes[0].replace(
+            "CUDA plugin not installed", f"XLA:GPU could not compile here: {reason}"
+        )
+        compile_cfg = compile_cfg.copy_and_resolve_references()
+        compile_cfg.eval_batch_size = None
+        setup, on_gpu, options = compile_lib.build_step(compile_cfg, mesh), False, {}
+        compiled = compile_lib.compile_step(setup)
     found = describe_collectives(compiled.hlo)
-    if parsed.kind == "gpu":
+    proxy = parsed.kind == "gpu" and not on_gpu
+    sched = schedule_lib.parse_schedule(compiled.hlo) if not proxy else None
+    if proxy:
         found, more = _proxy_collectives(
             found, mesh, parsed, config.allreduce.dtype, config.allreduce.algorithm
         )
         notes += more
     real_steps_per_epoch = setup.steps_per_epoch
     real_total = setup.total_steps
-    if parsed.kind == "gpu":  # the proxy's global batch differs; epochs follow the target's
+    if proxy:  # the proxy's global batch differs; epochs follow the target's
         from lmsgd.data.info import steps_per_epoch as spe
 
         info = compile_lib.dataset_info(config.data)
@@ -332,12 +377,18 @@ def plan(
         steps_per_epoch=real_steps_per_epoch,
         total_steps=real_total,
         assumptions=assumptions,
+        schedule=sched if setup.cost_factor == 1 else None,  # a rolled loop hides its order
     )
     fits = compiled.peak_bytes <= hw.hbm_bytes
     best = None
     if max_batch:
         best = _max_batch(
-            compile_cfg, mesh, setup.per_device_batch, hw.hbm_bytes, compiled.peak_bytes
+            compile_cfg,
+            mesh,
+            setup.per_device_batch,
+            hw.hbm_bytes,
+            compiled.peak_bytes,
+            options,
         )
     measured = _measure(setup, measure_steps) if measure_steps else None
     grad_dtypes = _gradient_dtypes(config.allreduce.dtype)
@@ -356,10 +407,10 @@ def plan(
     return Plan(
         target=parsed.spec,
         hardware=hw.as_dict(),
-        compiled_for="tpu" if parsed.kind == "tpu" else "cpu",
+        compiled_for="cpu-proxy" if proxy else parsed.kind,
         num_devices=n,
         num_processes=processes,
-        mesh=dict(mesh.shape) if parsed.kind != "gpu" else _gpu_mesh(config, parsed),
+        mesh=_gpu_mesh(config, parsed) if proxy else dict(mesh.shape),
         global_batch=config.global_batch_size,
         per_device_batch=setup.per_device_batch,
         accumulation_steps=setup.accumulation_steps,
@@ -390,7 +441,25 @@ def plan(
         compile_s=compiled.compile_s,
         measured_step_s=measured,
         notes=notes,
+        flops_source=compiled.flops_source,
+        kernels=gpu_lib.kernel_counts(compiled.hlo) if on_gpu else {},
+        overlap=_overlap_summary(sched, grad_dtypes, est) if sched else {},
+        xla_flags={k: str(v).lower() for k, v in options.items()},
     )
+
+
+def _overlap_summary(sched, grad_dtypes: set[str], est) -> dict[str, Any]:
+    """The gradient all-reduce in the compiled schedule (see `Plan.overlap`)."""
+    grads = schedule_lib.select(sched, "all-reduce", grad_dtypes)
+    out = schedule_lib.summary(sched, grads)
+    total = sum(c.bytes for c in grads) or 1
+    out["issued_before_backward_end"] = out.pop("issued_before_compute_end")
+    out["in_flight_during_backward"] = (
+        sum(c.bytes for c in grads if c.is_async and sum(sched.flops[c.start + 1 : c.done]) > 0)
+        / total
+    )
+    out["timeline_overlap"] = est.overlap
+    return out
 
 
 def _gpu_mesh(config, target: targets_lib.Target) -> dict[str, int]:

@@ -25,7 +25,12 @@ def _b(n: float) -> str:
 def format_plan(p: Plan) -> str:
     """Sections (1)-(5) of the plan: run, memory, cost, collectives, time."""
     hw, e, m, a = p.hardware, p.estimate, p.memory, p.estimate.assumptions
-    exact = "compiled by the TPU compiler" if p.compiled_for == "tpu" else "compiled for CPU"
+    exact = {
+        "tpu": "compiled by the TPU compiler",
+        "gpu": "compiled by XLA:GPU, deviceless, for XLA's target spec",
+        "cpu": "compiled for CPU",
+        "cpu-proxy": "FALLBACK: compiled for CPU as a proxy, see note",
+    }[p.compiled_for]
     lines = [
         f"plan for {p.target}: {hw['description']} ({exact})",
         "",
@@ -47,7 +52,14 @@ def format_plan(p: Plan) -> str:
         lines.append(f"  largest per-device batch that fits: ~{p.max_per_device_batch}")
     lines += [
         "",
-        "cost per device per step (XLA cost analysis)",
+        "cost per device per step ("
+        + (
+            "XLA cost analysis"
+            if p.flops_source == "xla cost analysis"
+            else "counted from the compiled program: conv/dot FLOPs, kernels' operand + result "
+            "bytes; XLA:GPU gives no cost analysis"
+        )
+        + ")",
         f"  {p.flops / 1e9:,.1f} GFLOP   {p.bytes_accessed / 1e9:,.2f} GB accessed   "
         f"{p.flops_per_image / 1e9:.2f} GFLOP per image (forward + backward + update)",
         "",
@@ -58,6 +70,26 @@ def format_plan(p: Plan) -> str:
         lines.append(
             f"  {c['op']:<18}{c['dtype']:<7}{c['count']:>6}{c['bytes']:>16,}{c['group_size']:>7}"
         )
+    if p.kernels:
+        k = p.kernels
+        lines.append(
+            f"  kernels {k.get('kernels', 0):,}: cuDNN convolutions {k.get('cudnn', 0)} "
+            f"(forward {k.get('cudnn_conv_forward', 0)}, backward-filter "
+            f"{k.get('cudnn_conv_backward_filter', 0)}, backward-input "
+            f"{k.get('cudnn_conv_backward_input', 0)}, fused bias-activation "
+            f"{k.get('cudnn_conv_bias_activation', 0)}), fusions {k.get('fusions', 0):,}, "
+            f"cuBLAS {k.get('cublas_gemm', 0)}"
+        )
+    if p.overlap:
+        o = p.overlap
+        lines.append(
+            f"  gradient all-reduce in the schedule: {o['count']} buffers ({o['async']} async); "
+            f"{100 * o['issued_before_backward_end']:.0f}% of bytes issued before the last "
+            f"backward convolution, {100 * o['in_flight_during_backward']:.0f}% with compute "
+            f"between start and done; hidden on the time line {100 * o['timeline_overlap']:.0f}%"
+        )
+    if p.xla_flags:
+        lines.append("  compiled with " + " ".join(f"--{k}={v}" for k, v in p.xla_flags.items()))
     lines += [
         f"  gradient all-reduce ({p.allreduce['dtype']}, {p.allreduce['algorithm']}): "
         f"{p.gradient_allreduce_bytes:,} bytes = "
@@ -68,7 +100,7 @@ def format_plan(p: Plan) -> str:
         f"estimated time (ESTIMATE: compute efficiency {a.compute_efficiency:g}"
         + (f", calibrated on {a.calibrated_on}" if a.calibrated_on else ", uncalibrated default")
         + f"; memory {a.memory_efficiency:g}; links {a.link_efficiency:g}; "
-        f"overlap {a.overlap:g})",
+        f"overlap {e.overlap:.2f} from the {e.overlap_source})",
         f"  compute {_t(e.compute_s)} (peak {e.peak_flops / 1e12:.3g} TFLOP/s {e.peak_name})  "
         f"memory {_t(e.memory_s)} -> {e.bound}-bound",
     ]
@@ -77,7 +109,7 @@ def format_plan(p: Plan) -> str:
             f"  {c.op} {c.dtype} x{c.count} over {c.link} (group {c.group_size}): {_t(c.seconds)}"
         )
     lines += [
-        f"  communication {_t(e.comm_s)} ({100 * (1 - a.overlap):.0f}% exposed)",
+        f"  communication {_t(e.comm_s)} ({100 * (1 - e.overlap):.0f}% exposed)",
         f"  step {_t(e.step_s)}   {e.images_per_s:,.0f} images/s   epoch {_t(e.epoch_s)}   "
         f"run ({p.num_epochs:g} epochs) {_t(e.run_s)}",
         f"  scaling efficiency vs one device {100 * e.scaling_efficiency:.1f}%",

@@ -3,7 +3,9 @@
     tpu:GEN:TOPOLOGY   e.g. tpu:v5p:8x8x16 (1,024 chips), tpu:v4:4x4x4, tpu:v5e:16x16 — any
                        topology libtpu's `get_topology_desc` accepts
     gpu:MODEL:GxN      G GPUs per node x N nodes, e.g. gpu:h100:8x128 (MODEL from the hardware
-                       table: p100, p100-pcie, v100, a100, h100)
+                       table: p100, p100-pcie, p100-bigbasin, v100, a100, h100, h100-pcie,
+                       h200, b200); compiled by XLA:GPU for the model's target spec
+                       (lmsgd.plan.gpu)
     cpu:N              N simulated devices on this machine (what `--measure` runs on)
 
 plus the aliases in `ALIASES` (Cloud TPU accelerator types such as v5p-2048, and the clusters
