@@ -103,6 +103,7 @@ class Checkpointer:
 
     def __init__(self, workdir: str, *, every_steps: int, keep: int, async_save: bool):
         _drain_pending_writes_on_failure()
+        self._in_flight = False  # a save started and not yet waited for
         self.directory = os.path.join(os.path.abspath(workdir) if "://" not in workdir
                                       else workdir, "checkpoints")  # fmt: skip
         options = ocp.CheckpointManagerOptions(
@@ -133,13 +134,15 @@ class Checkpointer:
             "state_fingerprint": state_fingerprint(state),
         }
         try:
-            return self._manager.save(
+            started = self._manager.save(
                 int(step),
                 args=ocp.args.Composite(
                     state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
                 ),
                 force=force,
             )
+            self._in_flight = self._in_flight or started
+            return started
         except (OSError, ValueError) as e:  # tensorstore reports a full disk as ValueError
             full = as_disk_full(e, self.directory)
             if full is None:
@@ -187,6 +190,11 @@ class Checkpointer:
         boundary, not at the next save's `wait` hundreds of steps later."""
         try:
             self._manager.check_for_errors()
+            # orbax raises a failed commit only from `wait_until_finished`; once the save is
+            # no longer in progress that returns at once, with its error if it failed.
+            if self._in_flight and not self._manager.is_saving_in_progress():
+                self._in_flight = False
+                self._manager.wait_until_finished()
         except (OSError, ValueError) as e:
             full = as_disk_full(e, self.directory)
             if full is None:
@@ -200,6 +208,7 @@ class Checkpointer:
     def wait(self) -> None:
         """Blocks until pending saves are committed (raises their errors)."""
         try:
+            self._in_flight = False
             self._manager.wait_until_finished()
         except (OSError, ValueError) as e:
             full = as_disk_full(e, self.directory)

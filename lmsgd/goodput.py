@@ -92,7 +92,7 @@ class Goodput:
         if started is not None:
             self.parts["imports"] = max(0.0, time.time() - started)
             self._t0 -= self.parts["imports"]
-        self._stack: list[list[float]] = []  # [child seconds] of each open phase
+        self._stack: list[list[float]] = []  # per open phase: [nested s, nested compile s]
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -100,18 +100,19 @@ class Goodput:
         if name not in PARTS:
             raise ValueError(f"unknown goodput part {name!r}; one of {PARTS}")
         start, compiled = time.monotonic(), compile_seconds()
-        self._stack.append([0.0])
+        self._stack.append([0.0, 0.0])  # nested phases' elapsed and compile seconds
         try:
             yield
         finally:
-            (children,) = self._stack.pop()
+            children, children_compile = self._stack.pop()
             elapsed = time.monotonic() - start
-            compile_s = compile_seconds() - compiled
-            self.parts["compile"] += compile_s
-            # A nested phase's compile time is already in `compile_s`.
-            self.parts[name] += max(0.0, elapsed - children - compile_s)
+            compile_s = compile_seconds() - compiled  # includes the nested phases'
+            own_compile = compile_s - children_compile  # theirs is counted already
+            self.parts["compile"] += own_compile
+            self.parts[name] += max(0.0, elapsed - children - own_compile)
             if self._stack:
                 self._stack[-1][0] += elapsed
+                self._stack[-1][1] += compile_s
 
     def wall_s(self) -> float:
         return time.monotonic() - self._t0

@@ -244,7 +244,7 @@ def train_and_evaluate(
                     "check the data."
                 )
 
-        step, pending, metrics = start_step, None, None
+        step, pending, metrics, early = start_step, None, None, None
         log_t, log_step, wait_s = time.perf_counter(), start_step, 0.0
         preemption = stack.enter_context(Preemption())
         t_start = time.perf_counter()
@@ -285,10 +285,12 @@ def train_and_evaluate(
                     log.info(
                         "preempted at step %d: %s; rerun the same command to resume", step, saved
                     )
-                    return {"preempted": True, "step": step, "saved": ckpt is not None}
+                    early = {"preempted": True, "step": step, "saved": ckpt is not None}
+                    break
                 if config.stop_after_steps is not None and step >= config.stop_after_steps:
                     log.info("stop_after_steps=%d reached (no final checkpoint)", step)
-                    return {"stopped": True, "step": step}
+                    early = {"stopped": True, "step": step}
+                    break
                 if step % plan.eval_every_steps == 0 and step < plan.total_steps:
                     with gp.phase("eval"), progress.timed("eval", wait_jax_async_dispatch=False):
                         result = evaluation.evaluate(
@@ -301,8 +303,14 @@ def train_and_evaluate(
                         batch = next(batches)  # overlaps the step just dispatched
                     wait_s += time.perf_counter() - t
             # A rerun of a finished run trains no step: it evaluates the final checkpoint.
-            if pending is not None:
+            if pending is not None and early is None:
                 check(*pending)
+        if early is not None:  # preempted or stopped: where the time went, and out
+            with gp.phase("checkpoint"):
+                if ckpt is not None:
+                    ckpt.wait()
+            log.info("%s", gp.line())
+            return early
         wall = time.perf_counter() - t_start
         with gp.phase("checkpoint"):
             if ckpt is not None and ckpt.latest_step() != step:
