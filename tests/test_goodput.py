@@ -73,3 +73,25 @@ def test_run_summary_accounts_for_the_wall_time(tmp_path, caplog):
     assert saved["goodput"] == g
     line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("time: ")]
     assert len(line) == 1 and "start-up" in line[0] and "steps" in line[0]
+
+
+def test_compilation_cache_goes_under_the_workdir_unless_jax_has_one(tmp_path):
+    from lmsgd.config import base_config
+    from lmsgd.train import configure_compilation_cache
+
+    config = base_config()
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        assert configure_compilation_cache(config, str(tmp_path)) == str(tmp_path / "jax_cache")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "jax_cache")
+        # Set already (JAX_COMPILATION_CACHE_DIR, as tests/conftest.py does): that one wins.
+        jax.config.update("jax_compilation_cache_dir", "/somewhere/else")
+        assert configure_compilation_cache(config, str(tmp_path)) == "/somewhere/else"
+        assert configure_compilation_cache(config, "gs://bucket/run") == "/somewhere/else"
+        jax.config.update("jax_compilation_cache_dir", None)
+        assert (
+            configure_compilation_cache(config, "gs://bucket/run/") == "gs://bucket/run/jax_cache"
+        )
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)

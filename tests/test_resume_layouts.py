@@ -217,6 +217,9 @@ def test_resume_on_4_devices_derives_2_micro_batches_and_equals_the_uninterrupte
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["resumed_from_step"] == STOP and summary["plan"]["accumulation_steps"] == 2
     assert summary["goodput"]["parts_s"]["imports"] > 0  # the command line: from process start
+    # No JAX_COMPILATION_CACHE_DIR in its environment: the cache went to the workdir.
+    assert summary["compilation_cache"] == str(workdir / "jax_cache")
+    assert any((workdir / "jax_cache").iterdir())
     assert json.loads((workdir / "layout.json").read_text()) == {
         "num_devices": 4, "num_processes": 1}  # fmt: skip
     assert _max_diff(workdir, runs / "straight") < 1e-5
