@@ -104,6 +104,7 @@ class Checkpointer:
     def __init__(self, workdir: str, *, every_steps: int, keep: int, async_save: bool):
         _drain_pending_writes_on_failure()
         self._in_flight = False  # a save started and not yet waited for
+        self._closed = False
         self.directory = os.path.join(os.path.abspath(workdir) if "://" not in workdir
                                       else workdir, "checkpoints")  # fmt: skip
         options = ocp.CheckpointManagerOptions(
@@ -207,6 +208,8 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Blocks until pending saves are committed (raises their errors)."""
+        if self._closed:  # closing waited already
+            return
         try:
             self._in_flight = False
             self._manager.wait_until_finished()
@@ -217,7 +220,10 @@ class Checkpointer:
             raise full from e
 
     def close(self) -> None:
-        self._manager.close()
+        """Closes the manager (joins its threads); a second call does nothing."""
+        if not self._closed:
+            self._closed = True
+            self._manager.close()
 
 
 def load_state_arrays(workdir: str, step: int | None = None) -> tuple[int, Any]:

@@ -59,9 +59,11 @@ def test_run_summary_accounts_for_the_wall_time(tmp_path, caplog):
     g = summary["goodput"]
     parts = g["parts_s"]
     assert set(parts) == set(goodput.PARTS)
-    assert g["wall_s"] == pytest.approx(wall, abs=0.3)
-    assert sum(parts.values()) == pytest.approx(wall, rel=0.05, abs=0.5)
-    assert abs(g["unaccounted_s"]) < max(0.5, 0.05 * wall)
+    # The account ends when summary.json is written: the exit after it (closing the writers,
+    # the lock) is outside, which on 2 loaded cores was up to ~12% of this tiny run.
+    assert 0.8 * wall <= g["wall_s"] <= wall
+    assert sum(parts.values()) == pytest.approx(g["wall_s"], rel=0.02, abs=0.3)
+    assert abs(g["unaccounted_s"]) < max(0.3, 0.02 * g["wall_s"])
     # Each part is measured in this run: all non-zero but imports (a library call).
     assert parts["imports"] == 0
     for part in ("build", "restore", "compile", "train_steps", "eval", "checkpoint", "data_wait"):
