@@ -43,12 +43,16 @@ TOP_LEVEL: dict[str, s.Key] = {
         "a positive integer divisible by the number of devices",
     ),
     "accumulation_steps": s.Key(
-        1,
+        None,
         "Gradient accumulation: each device runs its share of the global batch as this many "
         "micro-batches (one at a time in memory), then one all-reduce and one update. BN "
-        "statistics are per micro-batch: N devices x K equals N*K devices exactly.",
-        s.positive_int,
-        "a positive integer dividing the per-device batch",
+        "statistics are per micro-batch: N devices x K equals N*K devices exactly. None: 1 "
+        "for a new run; on resume, the value that keeps the BN span and membership of the run "
+        "in the workdir (e.g. 2 when 8 devices become 4; docs/resuming.md).",
+        s.optional(s.positive_int),
+        "None or a positive integer dividing the per-device batch",
+        int,
+        2,
     ),
     "label_smoothing": s.Key(
         0.0,
@@ -95,6 +99,23 @@ TOP_LEVEL: dict[str, s.Key] = {
         "detected (JAX_COORDINATOR_ADDRESS, SLURM, Cloud TPU pod), or True / False.",
         s.one_of("auto", True, False),
         "'auto', True or False",
+    ),
+    "heartbeat_timeout_seconds": s.Key(
+        60,
+        "Multi-process runs: JAX's coordination service declares a process dead after this "
+        "many seconds without a heartbeat and ends the others (JAX's default: 100). Heartbeats "
+        "come from a runtime thread, so long compiles or checkpoint writes do not miss them.",
+        s.positive_int,
+        "a positive integer (seconds)",
+    ),
+    "compilation_cache": s.Key(
+        "workdir",
+        "JAX's persistent compilation cache, so that a restart loads the compiled step instead "
+        "of compiling it: 'workdir' = <workdir>/jax_cache (shared by all hosts, like the "
+        "checkpoints; JAX writes it from process 0 only), a directory path, or '' (off). "
+        "An explicit JAX_COMPILATION_CACHE_DIR (or jax.config) wins over 'workdir'.",
+        lambda x: isinstance(x, str),
+        "'workdir', a directory path or '' (off)",
     ),
 }
 

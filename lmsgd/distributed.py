@@ -75,7 +75,9 @@ def detected_multiprocess_environment() -> str | None:
     return f"{name} ({processes} processes)"
 
 
-def maybe_initialize(mode: str | bool = "auto") -> str | None:
+def maybe_initialize(
+    mode: str | bool = "auto", *, heartbeat_timeout_seconds: int | None = None
+) -> str | None:
     """Calls `jax.distributed.initialize` once when asked or when an environment is detected.
 
     Args:
@@ -88,6 +90,11 @@ def maybe_initialize(mode: str | bool = "auto") -> str | None:
     With JAX_COORDINATOR_ADDRESS set, it and JAX_NUM_PROCESSES / JAX_PROCESS_ID are passed on
     and JAX's own probing is switched off; otherwise JAX detects SLURM, Cloud TPU and the
     other clusters by itself, the same way `detected_cluster` just did.
+
+    `heartbeat_timeout_seconds` (config.heartbeat_timeout_seconds; None: JAX's 100 s): after
+    this long without a heartbeat from a process, JAX's coordination service declares it dead
+    and ends every other process (with an error naming the dead task). A rerun of the same
+    commands then resumes from the last committed checkpoint (docs/resuming.md).
     """
     if mode is False or jax.distributed.is_initialized():
         return None
@@ -106,6 +113,8 @@ def maybe_initialize(mode: str | bool = "auto") -> str | None:
             # Everything is given: skip JAX's own cluster probing (e.g. the Kubernetes API).
             cluster_detection_method="deactivate",
         )
+    if heartbeat_timeout_seconds is not None:
+        kwargs["heartbeat_timeout_seconds"] = int(heartbeat_timeout_seconds)
     log.info("initializing jax.distributed (%s) %s", env or "requested", kwargs)
     jax.distributed.initialize(**kwargs)
     return env or "requested"

@@ -10,6 +10,7 @@ derives the run's sizes (`RunPlan`). It fails on bad input before anything is co
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from collections.abc import Mapping
@@ -27,7 +28,14 @@ from lmsgd.errors import ConfigError, DataError
 from lmsgd.models import ResNet, model_from_config
 from lmsgd.optim import create_optimizer
 from lmsgd.parallel import batch_sharding, create_mesh
-from lmsgd.step import TrainState, create_train_state, make_eval_step, make_train_step
+from lmsgd.parallel.mesh import replicated
+from lmsgd.step import (
+    TrainState,
+    create_train_state,
+    init_train_state,
+    make_eval_step,
+    make_train_step,
+)
 
 log = logging.getLogger("lmsgd")
 
@@ -79,6 +87,20 @@ class Run:
             self.model, self.tx, jax.random.key(self.config.seed), self.info.image_shape, self.mesh
         )
 
+    def abstract_state(self) -> TrainState:
+        """The state's shapes and dtypes with the shardings the train step takes on this
+        mesh (`jax.ShapeDtypeStruct`s; nothing is computed): the target a checkpoint written
+        on any other mesh is restored into (`lmsgd.checkpointing.Checkpointer.restore`)."""
+        init = functools.partial(
+            init_train_state, self.model, self.tx, jax.random.key(self.config.seed),
+            self.info.image_shape,
+        )  # fmt: skip
+        shapes = jax.eval_shape(init)
+        shardings = state_shardings(shapes, self.mesh)
+        return jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
+        )
+
     def train_step(self):
         """The jitted sharded train step `(state, batch) -> (state, metrics)`."""
         ar = self.config.allreduce
@@ -91,7 +113,7 @@ class Run:
             allreduce_dtype=ar.dtype,
             allreduce_fuse=ar.fuse,
             allreduce_predivide_exponent=ar.predivide_exponent,
-            accumulation_steps=self.config.accumulation_steps,
+            accumulation_steps=self.plan.accumulation_steps,
             label_smoothing=self.config.label_smoothing,
             unroll=not self.micro_batch_loop_rolled,
         )
@@ -134,6 +156,13 @@ class Run:
         )
 
 
+def state_shardings(state: Any, mesh: Mesh) -> Any:
+    """Where each leaf of the train state lives on `mesh` (a tree like `state`): replicated,
+    as the train step's `in_shardings` say (lmsgd.step). The one place to change if the state
+    is ever sharded; restoring a checkpoint follows it (`Run.abstract_state`)."""
+    return jax.tree.map(lambda _: replicated(mesh), state)
+
+
 def apply_num_cpu_devices(n: int | None) -> None:
     """Simulated CPU devices take effect only before JAX creates its backends."""
     if n is None:
@@ -152,7 +181,9 @@ def apply_num_cpu_devices(n: int | None) -> None:
 def setup_devices(config: Mapping[str, Any]) -> None:
     """Simulated CPU devices and the distributed runtime, as the config asks (idempotent)."""
     apply_num_cpu_devices(config["num_cpu_devices"])
-    maybe_initialize(config["distributed"])
+    maybe_initialize(
+        config["distributed"], heartbeat_timeout_seconds=config.get("heartbeat_timeout_seconds")
+    )
 
 
 def make_source(data_config: Mapping[str, Any]):
@@ -187,7 +218,7 @@ def plan_run(config: Mapping[str, Any], info: data_lib.DatasetInfo, num_devices:
         raise ConfigError(
             f"config.model.bn_group_size={group} must divide the {n} devices (or be 0 = all)"
         )
-    per_device, k = g // n, config["accumulation_steps"]
+    per_device, k = g // n, config["accumulation_steps"] or 1  # None: 1 (or derived on resume)
     if per_device % k:
         raise ConfigError(
             f"config.accumulation_steps={k} must divide the per-device batch of {per_device} "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -20,19 +21,23 @@ import jax
 import ml_collections
 from clu import periodic_actions
 
-from lmsgd import evaluation
+from lmsgd import evaluation, resume
 from lmsgd.checkpointing import Checkpointer
+from lmsgd.config import validate_config
 from lmsgd.distributed import check_shared_workdir
 from lmsgd.errors import NonFiniteLossError
+from lmsgd.goodput import Goodput
 from lmsgd.metric_logging import create_writer, drop_metrics_after, format_duration
 from lmsgd.models.summary import count_params
-from lmsgd.run import Run, build
+from lmsgd.run import Run, build, setup_devices
 from lmsgd.workdir import (
     WorkdirLock,
     check_compatible,
     config_as_json,
     is_remote,
+    resolve_accumulation_steps,
     write_json,
+    write_layout,
 )
 
 log = logging.getLogger("lmsgd")
@@ -59,14 +64,60 @@ class Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _open_workdir(run: Run, workdir: str, stack: contextlib.ExitStack):
+def resolve_layout(
+    config: ml_collections.ConfigDict, workdir: str
+) -> tuple[ml_collections.ConfigDict, resume.Layout]:
+    """The devices and processes this run has, and `config` with `accumulation_steps`
+    resolved for them (derived on resume where None; `lmsgd.workdir`). Reads the workdir
+    only."""
+    validate_config(config)
+    setup_devices(config)
+    layout = resume.Layout(num_devices=jax.device_count(), num_processes=jax.process_count())
+    return resolve_accumulation_steps(workdir, config, layout), layout
+
+
+def configure_compilation_cache(config: ml_collections.ConfigDict, workdir: str) -> str | None:
+    """Turns JAX's persistent compilation cache on as `config.compilation_cache` says;
+    returns its directory (None: off). Call before the run's first compilation.
+
+    'workdir': `<workdir>/jax_cache`, unless JAX already has a directory (the
+    JAX_COMPILATION_CACHE_DIR variable or jax.config), which wins. The workdir is the place
+    every host of a multi-host run shares (`check_shared_workdir`) and the one a restart
+    reuses; JAX writes entries from process 0 only (jax/_src/compiler.py `_cache_write`),
+    and every process reads them, so on a pod all hosts load the step instead of compiling
+    it. A directory private to each host (~/.cache) would help host 0 only.
+    """
+    setting = config.compilation_cache
+    current = jax.config.jax_compilation_cache_dir
+    if setting == "":
+        if current:  # off, even where JAX_COMPILATION_CACHE_DIR says otherwise (process-wide)
+            jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    if setting == "workdir":
+        if current:
+            return current
+        setting = workdir.rstrip("/") + "/jax_cache" if is_remote(workdir) else os.path.join(
+            os.path.abspath(workdir), "jax_cache"
+        )  # fmt: skip
+    if current and current != setting:
+        log.warning("compilation cache %s ignored: JAX already caches in %s", setting, current)
+        return current
+    jax.config.update("jax_compilation_cache_dir", setting)
+    return setting
+
+
+def _open_workdir(run: Run, workdir: str, stack: contextlib.ExitStack, layout: resume.Layout):
     """Lock, compatibility checks and restore, then (only then) the files of the run."""
     config, primary = run.config, jax.process_index() == 0
+    lock = None
     if primary and not is_remote(workdir):  # a bucket has no flock; one run per bucket path
-        stack.enter_context(WorkdirLock(workdir))
+        lock = stack.enter_context(WorkdirLock(workdir))
     check_shared_workdir(workdir)
-    check_compatible(workdir, config)
-    state, start_step, ckpt = run.init_state(), 0, None
+    check_compatible(workdir, config, layout)  # raises before any file changes
+    if lock is not None:
+        lock.record_holder()
+    configure_compilation_cache(config, workdir)
+    state, start_step, ckpt = None, 0, None
     if config.checkpoint.enabled:
         ckpt = Checkpointer(
             workdir,
@@ -77,10 +128,14 @@ def _open_workdir(run: Run, workdir: str, stack: contextlib.ExitStack):
         stack.callback(ckpt.close)
         stack.callback(ckpt.wait)  # runs first: no exit leaves a save half-written
         if ckpt.latest_step() is not None:
-            state, start_step = ckpt.restore(state, config)
+            # Into this mesh's shardings, nothing initialized: any device count wrote it.
+            state, start_step = ckpt.restore(run.abstract_state(), config)
             log.info("resumed from checkpoint %d in %s", start_step, ckpt.directory)
+    if state is None:
+        state = run.init_state()
     if primary:
         write_json(workdir, "config.json", config_as_json(config))
+        write_layout(workdir, layout)
         dropped = drop_metrics_after(workdir, start_step)
         if dropped:
             log.info(
@@ -145,21 +200,33 @@ def _train_scalars(
     }
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, goodput: Goodput | None = None
+) -> dict[str, Any]:
     """Trains (or resumes) in `workdir` and evaluates; returns the final summary.
 
-    Writes `config.json`, `metrics.jsonl`, TensorBoard summaries, checkpoints and
-    `summary.json`. Raises `NonFiniteLossError` (naming the step and the last committed
+    Writes `config.json`, `layout.json`, `metrics.jsonl`, TensorBoard summaries, checkpoints
+    and `summary.json` (with `goodput`: where the wall time went). A rerun may use another
+    device count, process count or accumulation where the training stays the same
+    (docs/resuming.md). Raises `NonFiniteLossError` (naming the step and the last committed
     checkpoint) on a NaN/inf loss or state, without saving it.
+
+    `goodput`: the account to add to (the command line's starts at process start).
     """
-    run = build(config)
+    gp = goodput or Goodput()
+    with gp.phase("build"):
+        config, layout = resolve_layout(config, workdir)
+        run = build(config)
     plan, g = run.plan, config.global_batch_size
     with contextlib.ExitStack() as stack:
-        state, start_step, ckpt, writer = _open_workdir(run, workdir, stack)
-        batches = run.train_batches(start_step)
-        eval_step = run.eval_step()
-        batch = next(batches)
-        compiled, compile_s, flops_per_step = _compile_train_step(run, state, batch)
+        with gp.phase("restore"):
+            state, start_step, ckpt, writer = _open_workdir(run, workdir, stack, layout)
+            batches = run.train_batches(start_step)
+            eval_step = run.eval_step()
+        with gp.phase("data_wait"):
+            batch = next(batches)
+        with gp.phase("compile"):
+            compiled, compile_s, flops_per_step = _compile_train_step(run, state, batch)
         progress, hooks = _periodic_actions(config, writer, workdir, plan.total_steps)
 
         def last_committed() -> str:
@@ -177,55 +244,81 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     "check the data."
                 )
 
-        step, pending, metrics = start_step, None, None
+        step, pending, metrics, early = start_step, None, None, None
         log_t, log_step, wait_s = time.perf_counter(), start_step, 0.0
         preemption = stack.enter_context(Preemption())
         t_start = time.perf_counter()
-        while step < plan.total_steps:
-            state, metrics = compiled(state, batch)
-            step += 1
-            if pending is not None:  # the previous step is done: check it without a stall
-                check(*pending)
-            pending = (step, metrics)
-            for hook in hooks:
-                hook(step)
-            if step % config.logging.every_steps == 0 or step == plan.total_steps:
-                check(step, metrics)
-                now = time.perf_counter()
-                scalars = _train_scalars(
-                    metrics, run, step, steps=step - log_step, seconds=now - log_t, wait_s=wait_s
+        with gp.phase("train_steps"):
+            while step < plan.total_steps:
+                state, metrics = compiled(state, batch)
+                step += 1
+                if pending is not None:  # the previous step is done: check it without a stall
+                    check(*pending)
+                pending = (step, metrics)
+                for hook in hooks:
+                    hook(step)
+                if step % config.logging.every_steps == 0 or step == plan.total_steps:
+                    check(step, metrics)
+                    now = time.perf_counter()
+                    scalars = _train_scalars(
+                        metrics, run, step, steps=step - log_step, seconds=now - log_t,
+                        wait_s=wait_s,
+                    )  # fmt: skip
+                    writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
+                    log_t, log_step, wait_s = now, step, 0.0
+                if ckpt is not None:
+                    ckpt.check_for_errors()  # a failed background save stops the run now
+                stop = preemption.requested or (
+                    ckpt is not None and jax.process_count() > 1 and ckpt.reached_preemption(step)
                 )
-                writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
-                log_t, log_step, wait_s = now, step, 0.0
-            stop = preemption.requested or (
-                ckpt is not None and jax.process_count() > 1 and ckpt.reached_preemption(step)
-            )
-            if ckpt is not None and (stop or ckpt.should_save(step)):
-                check(step, metrics)  # never save a bad state
-                with progress.timed("checkpoint", wait_jax_async_dispatch=False):
-                    ckpt.save(step, state, config, force=True)
-            if stop:
-                saved = f"saved step {step}" if ckpt else "checkpoints are disabled: nothing saved"
-                log.info("preempted at step %d: %s; rerun the same command to resume", step, saved)
-                return {"preempted": True, "step": step, "saved": ckpt is not None}
-            if config.stop_after_steps is not None and step >= config.stop_after_steps:
-                log.info("stop_after_steps=%d reached (no final checkpoint)", step)
-                return {"stopped": True, "step": step}
-            if step % plan.eval_every_steps == 0 and step < plan.total_steps:
-                with progress.timed("eval", wait_jax_async_dispatch=False):
-                    result = evaluation.evaluate(run, evaluation.eval_state(run, state), eval_step)
-                writer.write_scalars(step, {f"eval/{k}": v for k, v in result.items()})
-            if step < plan.total_steps:
-                t = time.perf_counter()
-                batch = next(batches)  # overlaps the step just dispatched
-                wait_s += time.perf_counter() - t
-        # A rerun of a finished run trains no step: it evaluates the final checkpoint.
-        if pending is not None:
-            check(*pending)
-        if ckpt is not None and ckpt.latest_step() != step:
-            ckpt.save(step, state, config, force=True)
+                if ckpt is not None and (stop or ckpt.should_save(step)):
+                    check(step, metrics)  # never save a bad state
+                    with (
+                        gp.phase("checkpoint"),
+                        progress.timed("checkpoint", wait_jax_async_dispatch=False),
+                    ):
+                        ckpt.save(step, state, config, force=True)
+                if stop:
+                    saved = (
+                        f"saved step {step}" if ckpt else "checkpoints are disabled: nothing saved"
+                    )
+                    log.info(
+                        "preempted at step %d: %s; rerun the same command to resume", step, saved
+                    )
+                    early = {"preempted": True, "step": step, "saved": ckpt is not None}
+                    break
+                if config.stop_after_steps is not None and step >= config.stop_after_steps:
+                    log.info("stop_after_steps=%d reached (no final checkpoint)", step)
+                    early = {"stopped": True, "step": step}
+                    break
+                if step % plan.eval_every_steps == 0 and step < plan.total_steps:
+                    with gp.phase("eval"), progress.timed("eval", wait_jax_async_dispatch=False):
+                        result = evaluation.evaluate(
+                            run, evaluation.eval_state(run, state), eval_step
+                        )
+                    writer.write_scalars(step, {f"eval/{k}": v for k, v in result.items()})
+                if step < plan.total_steps:
+                    t = time.perf_counter()
+                    with gp.phase("data_wait"):
+                        batch = next(batches)  # overlaps the step just dispatched
+                    wait_s += time.perf_counter() - t
+            # A rerun of a finished run trains no step: it evaluates the final checkpoint.
+            if pending is not None and early is None:
+                check(*pending)
+        if early is not None:  # preempted or stopped: where the time went, and out
+            with gp.phase("checkpoint"):
+                if ckpt is not None:
+                    ckpt.wait()
+            log.info("%s", gp.line())
+            return early
         wall = time.perf_counter() - t_start
-        result = evaluation.evaluate(run, evaluation.eval_state(run, state), eval_step)
+        with gp.phase("checkpoint"):
+            if ckpt is not None and ckpt.latest_step() != step:
+                ckpt.save(step, state, config, force=True)
+            if ckpt is not None:
+                ckpt.wait()  # committed before the summary says so
+        with gp.phase("eval"):
+            result = evaluation.evaluate(run, evaluation.eval_state(run, state), eval_step)
         writer.write_scalars(step, {f"eval/{k}": v for k, v in result.items()})
         summary = {
             "step": step,
@@ -242,11 +335,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             "devices": f"{plan.num_devices} x {jax.devices()[0].device_kind}",
             "resumed_from_step": start_step,
             "skipped_corrupt_images": batches.num_skipped,
+            "compilation_cache": jax.config.jax_compilation_cache_dir
+            if jax.config.jax_enable_compilation_cache
+            else None,
         }
         log.info(
             "done: step %d, eval top-1 %.4f top-5 %.4f (%d examples), %s",
             step, result["top1"], result["top5"], result["num_examples"], format_duration(wall),
         )  # fmt: skip
+        # What the exit would do anyway, inside the account: join orbax's threads, flush the
+        # metrics (the callbacks then find nothing left to do).
+        with gp.phase("checkpoint"):
+            if ckpt is not None:
+                ckpt.close()
+        with gp.phase("train_steps"):
+            writer.flush()
+        summary["goodput"] = gp.summary()
+        log.info("%s", gp.line())
         if jax.process_index() == 0:
             write_json(workdir, "summary.json", {**summary, "config": config_as_json(config)})
         return summary
@@ -259,7 +364,11 @@ def main(argv: list[str] | None = None) -> int:
     apply_gpu_xla_flags()  # on GPU, before JAX starts its backend; the user's XLA_FLAGS win
 
     return cli.run_command(
-        "lmsgd.train", argv, lambda config, flags: train_and_evaluate(config, flags.workdir)
+        "lmsgd.train",
+        argv,
+        lambda config, flags: train_and_evaluate(
+            config, flags.workdir, goodput=Goodput(since_process_start=True)
+        ),
     )
 
 

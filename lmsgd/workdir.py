@@ -2,15 +2,19 @@
 failures to write reported as what they are (no space left, file too large).
 
 Nothing in a workdir changes before `check_compatible` passes: a refused rerun leaves
-`config.json`, `summary.json`, metrics and checkpoints as they were.
+`config.json`, `layout.json`, `summary.json`, metrics and checkpoints as they were. A rerun may
+change the layout (devices, processes, mesh, accumulation steps) where the training stays the
+same (`lmsgd.resume`; docs/resuming.md).
 """
 
 from __future__ import annotations
 
+import copy
 import datetime
 import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 from collections.abc import Mapping
@@ -19,16 +23,22 @@ from typing import Any
 import ml_collections
 from etils import epath
 
+from lmsgd import resume
 from lmsgd.errors import DiskFullError, IncompatibleCheckpointError, WorkdirError
 
+log = logging.getLogger("lmsgd")
+
 CONFIG_FILE = "config.json"
+LAYOUT_FILE = "layout.json"
 LOCK_FILE = ".lmsgd.lock"
 
 # Keys that say how to run, not what to train: a resumed (or re-evaluated) run may change
-# them. Every other key must equal the workdir's config.json.
+# them. Layout keys (`lmsgd.resume.LAYOUT_KEYS`) may change where the training's effects stay;
+# every other key must equal the workdir's config.json.
 OPERATIONAL_KEYS = (
     "eval_batch_size", "eval_every_epochs", "stop_after_steps", "num_cpu_devices",
-    "distributed", "checkpoint.", "logging.", "allreduce.", "model.eval_stats_batches",
+    "distributed", "heartbeat_timeout_seconds", "compilation_cache", "checkpoint.", "logging.",
+    "model.eval_stats_batches",
     "data.data_dir", "data.manual_dir", "data.num_parallel_calls",
     "data.private_threadpool_size", "data.cache", "data.cache_max_bytes", "data.prefetch",
     "data.skip_corrupt",
@@ -72,11 +82,19 @@ class WorkdirLock:
                 f"--workdir {os.path.dirname(self.path)} is in use by another run ({holder}). "
                 "Wait for it to finish, stop it, or use another --workdir."
             ) from None
-        started = datetime.datetime.now().isoformat(timespec="seconds")
-        os.ftruncate(fd, 0)
-        os.write(fd, f"host {socket.gethostname()}, pid {os.getpid()}, since {started}".encode())
         self._fd = fd
         return self
+
+    def record_holder(self) -> None:
+        """Names this run (host, pid, start) in the lock file, for the message another run
+        gets. Separate from taking the lock: a rerun refused after locking changes no file."""
+        if self._fd is None:
+            return
+        started = datetime.datetime.now().isoformat(timespec="seconds")
+        os.ftruncate(self._fd, 0)
+        os.pwrite(
+            self._fd, f"host {socket.gethostname()}, pid {os.getpid()}, since {started}".encode(), 0
+        )
 
     def __exit__(self, *exc: Any) -> None:
         if self._fd is not None:
@@ -99,11 +117,13 @@ def config_as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def config_differences(saved: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
-    """`key: saved -> new` for every non-operational key that differs."""
+    """`key: saved -> new` for every training key that differs: neither operational nor a
+    layout key (those are compared through their effects, `lmsgd.resume`)."""
     old, new = _flatten(saved), _flatten(config_as_json(config))
+    skipped = OPERATIONAL_KEYS + resume.LAYOUT_KEYS
     diffs = []
     for key in sorted(set(old) | set(new)):
-        if key.startswith(OPERATIONAL_KEYS) or old.get(key) == new.get(key):
+        if key.startswith(skipped) or old.get(key) == new.get(key):
             continue
         diffs.append(
             f"{key}: {old.get(key, '<absent>')!r} in the workdir, {new.get(key, '<absent>')!r} now"
@@ -111,12 +131,66 @@ def config_differences(saved: Mapping[str, Any], config: ml_collections.ConfigDi
     return diffs
 
 
-def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Refuses a config that differs from the workdir's `config.json` in what it trains."""
+def saved_run(workdir: str) -> tuple[dict[str, Any], resume.Layout | None] | None:
+    """The config and layout of the run in `workdir` (read only), or None for a new one.
+
+    The layout is `layout.json`'s; a workdir written before it existed gives its
+    `summary.json` plan, else None (then the layout is taken as unchanged)."""
     path = epath.Path(workdir) / CONFIG_FILE
     if not path.exists():
-        return
+        return None
     saved = json.loads(path.read_text())
+    for name, keys in ((LAYOUT_FILE, ("num_devices", "num_processes")),
+                       ("summary.json", ("plan",))):  # fmt: skip
+        file = epath.Path(workdir) / name
+        if file.exists():
+            record = json.loads(file.read_text())
+            record = record.get(keys[0]) if keys == ("plan",) else record
+            if record and "num_devices" in record and "num_processes" in record:
+                return saved, resume.Layout(record["num_devices"], record["num_processes"])
+    return saved, None
+
+
+def resolve_accumulation_steps(
+    workdir: str, config: ml_collections.ConfigDict, layout: resume.Layout
+) -> ml_collections.ConfigDict:
+    """`config` with `accumulation_steps` set where it is None: 1 for a new run; on resume,
+    the value that keeps the saved run's BN span and membership on `layout` (else left None,
+    and `check_compatible` names what would keep them). Reads the workdir, writes nothing."""
+    if config.accumulation_steps is not None:
+        return config
+    found = saved_run(workdir)
+    k = 1
+    if found is not None:
+        saved, saved_layout = found
+        old = resume.effects(saved, saved_layout or layout)
+        k = resume.derive_accumulation_steps(old, config_as_json(config), layout) or 1
+        if k != (saved.get("accumulation_steps") or 1) or saved_layout != layout:
+            log.info(
+                "resuming on %s: accumulation_steps=%d keeps the run's BN span of %s examples "
+                "(%s in the workdir)", resume.describe_layout({**config_as_json(config),
+                "accumulation_steps": k}, layout), k, old["BN span"],
+                resume.describe_layout(saved, saved_layout or layout),
+            )  # fmt: skip
+    config = copy.deepcopy(config)  # the caller's stays as given
+    config.accumulation_steps = k
+    return config
+
+
+def check_compatible(
+    workdir: str, config: ml_collections.ConfigDict, layout: resume.Layout | None = None
+) -> None:
+    """Refuses a config that would change the training of the run in the workdir.
+
+    Compares the training keys (`config_differences`) and, on `layout` (the rerun's devices
+    and processes; default: the saved one), the training's effects (`lmsgd.resume.effects`):
+    one line naming the effect and the setting that would keep it. Writes nothing.
+    """
+    found = saved_run(workdir)
+    if found is None:
+        return
+    saved, saved_layout = found
+    path = epath.Path(workdir) / CONFIG_FILE
     diffs = config_differences(saved, config)
     if diffs:
         shown = "; ".join(diffs[:5]) + (f"; and {len(diffs) - 5} more" if len(diffs) > 5 else "")
@@ -124,6 +198,30 @@ def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
             f"--workdir {workdir} holds a run of another configuration ({shown}). Use a new "
             f"--workdir, or the configuration in {path}."
         )
+    saved_layout = saved_layout or layout
+    if layout is None or saved_layout is None:
+        return
+    new = config_as_json(config)
+    old_effects, new_effects = resume.effects(saved, saved_layout), resume.effects(new, layout)
+    changed = resume.differences(old_effects, new_effects)
+    if not changed:
+        return
+    effect, was, now = changed[0]
+    keep = resume.suggest_settings(old_effects, new, layout)
+    fix = (f"rerun with {keep} to keep it" if keep
+           else f"rerun on {saved_layout.num_devices} devices in {saved_layout.num_processes} "
+                "process(es) to keep it")  # fmt: skip
+    raise IncompatibleCheckpointError(
+        f"--workdir {workdir} holds a run whose {effect} is {was} "
+        f"({resume.describe_layout(saved, saved_layout)}); this rerun "
+        f"({resume.describe_layout(new, layout)}) would make it {now} and change the "
+        f"training: {fix}, or use a new --workdir."
+    )
+
+
+def write_layout(workdir: str, layout: resume.Layout) -> None:
+    """Records the run's devices and processes, for the next rerun's `check_compatible`."""
+    write_json(workdir, LAYOUT_FILE, layout.as_json())
 
 
 def write_json(workdir: str, name: str, obj: Any) -> None:
