@@ -22,9 +22,10 @@ from clu import periodic_actions
 
 from lmsgd import evaluation
 from lmsgd.checkpointing import Checkpointer
+from lmsgd.console import summary_line
 from lmsgd.distributed import check_shared_workdir
 from lmsgd.errors import NonFiniteLossError
-from lmsgd.metric_logging import create_writer, drop_metrics_after, format_duration
+from lmsgd.metric_logging import create_writer, drop_metrics_after
 from lmsgd.models.summary import count_params
 from lmsgd.run import Run, build
 from lmsgd.workdir import (
@@ -86,7 +87,12 @@ def _open_workdir(run: Run, workdir: str, stack: contextlib.ExitStack):
             log.info(
                 "dropped %d metric records after step %d (rerun from there)", dropped, start_step
             )
-    writer = create_writer(workdir, tensorboard=config.logging.tensorboard)
+    writer = create_writer(
+        workdir,
+        tensorboard=config.logging.tensorboard,
+        total_steps=run.plan.total_steps,
+        steps_per_epoch=run.plan.steps_per_epoch,
+    )
     stack.callback(writer.close)
     return state, start_step, ckpt, writer
 
@@ -243,10 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             "resumed_from_step": start_step,
             "skipped_corrupt_images": batches.num_skipped,
         }
-        log.info(
-            "done: step %d, eval top-1 %.4f top-5 %.4f (%d examples), %s",
-            step, result["top1"], result["top5"], result["num_examples"], format_duration(wall),
-        )  # fmt: skip
+        log.info("%s", summary_line(summary, workdir))
         if jax.process_index() == 0:
             write_json(workdir, "summary.json", {**summary, "config": config_as_json(config)})
         return summary

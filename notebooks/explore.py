@@ -25,7 +25,7 @@
 #    vs moving averages.
 # 4. **The compiled step's collectives**: what XLA really sends for each all-reduce setting.
 #
-# The recipe as this repository reads it (with sources and open questions) is in `PAPER.md`,
+# The recipe as this repository reads it (with sources and open questions) is in `docs/recipe.md`,
 # in the `shared/` folder next to the checkout; the sections referred to below are its.
 
 # %% [markdown]
@@ -135,7 +135,7 @@ def load_config(name: str):
 # %% [markdown]
 # ## 1. The slow-start schedule and the RMSprop to SGD hand-over
 #
-# The paper's optimizer (PAPER.md s.1) starts as RMSprop and hands over smoothly to momentum
+# The paper's optimizer (docs/recipe.md s.1) starts as RMSprop and hands over smoothly to momentum
 # SGD: each step is `alpha_sgd * eta * g` (SGD part) plus `(1 - alpha_sgd) * eta_rmsprop *
 # g / (sqrt(m) + eps)` (RMSprop part), with `alpha_sgd` rising from ~0 to 1 around epoch
 # `beta_center = 10` (an exponential, then a line that reaches 1 at epoch 12.5). The SGD
@@ -167,13 +167,13 @@ for cfg, ax in ((akiba, ax_akiba), (goyal, ax_goyal)):
 display(fig)
 
 # %% [markdown]
-# `alpha_sgd` against PAPER.md's reference values (`beta_center = 10`, `beta_period = 5`),
+# `alpha_sgd` against docs/recipe.md's reference values (`beta_center = 10`, `beta_period = 5`),
 # and the slow-start rate at 32k on each plateau:
 
 # %%
 alpha = lmsgd.optim.alpha_sgd_schedule(STEPS_PER_EPOCH, beta_center=10.0, beta_period=5.0)
 paper_alpha = {0: 0.0091578, 5: 0.0676676, 10: 0.5, 11: 0.7, 12: 0.9, 12.5: 1.0, 50: 1.0}
-print(" epoch   alpha_sgd   PAPER.md")
+print(" epoch   alpha_sgd   docs/recipe.md")
 for epoch, expected in paper_alpha.items():
     value = float(alpha(jnp.asarray(epoch * STEPS_PER_EPOCH, jnp.float32)))
     print(f"{epoch:6}   {value:9.7f}   {expected:9.7f}")
@@ -308,7 +308,7 @@ print({k: v for k, v in bs_summary.items() if not isinstance(v, dict)})
 # %% [markdown]
 # ## 3. Batch statistics instead of moving averages
 #
-# PAPER.md s.3: during training each worker normalizes with the statistics of its own local
+# docs/recipe.md s.3: during training each worker normalizes with the statistics of its own local
 # minibatch (32 images per GPU) and **no running averages are kept**. For evaluation, the
 # per-channel means and variances of the **last training minibatch of every worker are
 # averaged across workers** (an all-reduce) and used for all evaluation passes. The argument:
@@ -447,7 +447,7 @@ display(Markdown(collectives_table(programs)))
 #
 # * Every program has a few float32 all-reduces besides the gradient: 168 batch-norm values
 #   (means and variances of the last batch, pooled exactly over all workers for evaluation,
-#   PAPER.md s.3) and the logged loss and accuracy. With `float32` XLA's all-reduce combiner
+#   docs/recipe.md s.3) and the logged loss and accuracy. With `float32` XLA's all-reduce combiner
 #   merges them with the gradient; in another dtype the gradient travels on its own.
 # * `float16` halves the gradient's bytes against `float32` (the paper sent float16 over
 #   NCCL). The gradient is one fused buffer of all parameters (`allreduce.fuse`), scaled by

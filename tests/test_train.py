@@ -73,7 +73,7 @@ def test_end_to_end(tmp_path):
     assert [r["epoch"] for r in train] == pytest.approx(
         [r["step"] / STEPS_PER_EPOCH for r in train]
     )
-    # alpha_sgd follows PAPER.md's formula at the logged step (schedule read before update).
+    # alpha_sgd follows docs/recipe.md's formula at the logged step (schedule read before update).
     e = 1 / STEPS_PER_EPOCH  # step 2's update used step 1 -> epoch 1/22
     assert train[0]["alpha_sgd"] == pytest.approx(0.5 * np.exp(2 * (e - 0.2) / 0.2), rel=1e-5)
     assert any(r["kind"] == "eval" for r in records)

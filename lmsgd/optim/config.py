@@ -124,14 +124,14 @@ _KEYS: dict[str, _Key] = {
     "weight_decay": _Key(
         1e-4,
         "L2 coefficient, added to the gradient as weight_decay * param before the optimizer "
-        "(PAPER.md section 4; for 'lamb' it is LAMB's decoupled decay).",
+        "(docs/recipe.md section 4; for 'lamb' it is LAMB's decoupled decay).",
         _nonneg,
         "a non-negative number",
     ),
     "weight_decay_exclude_1d": _Key(
         False,
         "Exempt 1-D parameters (normalization scales/offsets, biases) from weight decay. False "
-        "for the paper: PAPER.md section 4 states plain L2 on the gradient, and Chainer's "
+        "for the paper: docs/recipe.md section 4 states plain L2 on the gradient, and Chainer's "
         "WeightDecay hook (the paper's software) decays every parameter.",
         lambda x: isinstance(x, bool),
         "True or False",

@@ -118,7 +118,7 @@ def create_optimizer(
       functions of the optimizer step, for logging.
 
     The chain:
-      * 'rmsprop_warmup', 'momentum', 'nesterov': L2 weight decay on the gradient (PAPER.md
+      * 'rmsprop_warmup', 'momentum', 'nesterov': L2 weight decay on the gradient (docs/recipe.md
         section 4; 1-D params exempt if ``weight_decay_exclude_1d``), then
         :func:`rmsprop_warmup` or ``optax.sgd``. For SGD the decay is
         ``optax.add_decayed_weights``; :func:`rmsprop_warmup` adds it inside its own two loops

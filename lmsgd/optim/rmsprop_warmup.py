@@ -1,4 +1,4 @@
-"""RMSprop warm-up: RMSprop that hands over smoothly to momentum SGD (PAPER.md section 1).
+"""RMSprop warm-up: RMSprop that hands over smoothly to momentum SGD (docs/recipe.md section 1).
 
 Per parameter tensor, with gradient ``g_t`` (already all-reduced; L2 weight decay ``wd * theta``
 added, here or before)::
@@ -24,7 +24,7 @@ eta = 0 the update is the eta -> 0+ limit, computed without 1 / eta::
 
     eta * Delta_t -> -(1 - alpha_sgd) * eta_rmsprop * g_t / (sqrt(m_t) + eps)
 
-so the RMSprop step stays "independent of eta" as PAPER.md says. At eta = 0 the RMSprop part
+so the RMSprop step stays "independent of eta" as docs/recipe.md says. At eta = 0 the RMSprop part
 of the velocity has no finite value in units of eta, so we store
 ``Delta_t = mu1 * Delta_{t-1} - alpha_sgd * g_t``: that step's RMSprop move is applied to the
 parameters but not carried as momentum into later steps. For tiny positive eta the state stays
@@ -106,7 +106,7 @@ def _evaluate(value: ScalarOrSchedule, count: jax.Array) -> jax.Array:
 
 
 def _state_dtype(param_dtype: Any) -> jnp.dtype:
-    # float32 for float32/bfloat16/float16 params (PAPER.md section 4: state in fp32), but no
+    # float32 for float32/bfloat16/float16 params (docs/recipe.md section 4: state in fp32), but no
     # narrowing of float64 params (lets the float64 reference test check the math exactly).
     return jnp.promote_types(param_dtype, jnp.float32)
 
@@ -124,7 +124,7 @@ def rmsprop_warmup(
     weight_decay_mask: Any = None,
     saturate: bool = True,
 ) -> optax.GradientTransformation:
-    """RMSprop warm-up of Akiba et al. (2017), PAPER.md section 1, as an optax transformation.
+    """RMSprop warm-up of Akiba et al. (2017), docs/recipe.md section 1, as an optax transformation.
 
     All schedules are functions of the optimizer step (number of updates applied so far,
     starting at 0 for the first update), not of the epoch.

@@ -1,4 +1,4 @@
-"""Learning-rate and hand-over schedules (PAPER.md sections 1 and 2, plus baselines).
+"""Learning-rate and hand-over schedules (docs/recipe.md sections 1 and 2, plus baselines).
 
 Every schedule is an ``optax.Schedule``: a jit-safe function of the optimizer step (number of
 updates applied so far, 0 for the first update). Durations and boundaries are given in epochs
@@ -52,7 +52,7 @@ def _check_boundaries(boundaries: Sequence[float]) -> None:
 def alpha_sgd_schedule(
     steps_per_epoch: float, beta_center: float = 10.0, beta_period: float = 5.0
 ) -> optax.Schedule:
-    """The smooth RMSprop -> SGD hand-over ``alpha_sgd`` of PAPER.md section 1.
+    """The smooth RMSprop -> SGD hand-over ``alpha_sgd`` of docs/recipe.md section 1.
 
     At fractional epoch ``e = step / steps_per_epoch``: ``0.5 * exp(2 (e - c) / p)`` before
     ``c = beta_center``, then ``0.5 + (e - c) / p`` up to ``c + p / 2``, then 1 (``p =
@@ -117,7 +117,7 @@ def slow_start_schedule(
     boundaries: Sequence[float] = (40, 70, 85),
     factors: Sequence[float] = (0.5, 0.075, 0.01, 0.001),
 ) -> optax.Schedule:
-    """The paper's slow-start schedule (PAPER.md section 2): ``factors[i] * base_learning_rate``
+    """The paper's slow-start schedule (docs/recipe.md s.2): ``factors[i] * base_learning_rate``
     on epochs ``[boundaries[i-1], boundaries[i])``. No warm-up (RMSprop warm-up replaces it).
     """
     _check_steps_per_epoch(steps_per_epoch)
