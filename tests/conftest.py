@@ -1,4 +1,5 @@
-"""Test setup: 8 simulated CPU devices, set before JAX initializes its backends."""
+"""Test setup: 8 simulated CPU devices, set before JAX initializes its backends; the fixtures
+every module may use. Shared helpers (no fixtures) are in tests/helpers.py."""
 
 import os
 
@@ -21,14 +22,16 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
+from helpers import shared_data_path  # noqa: E402
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+from lmsgd.data.prepare import shared_data_dir as _archive_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def shared_data_dir() -> pathlib.Path:
-    """`../shared/data` (or $LMSGD_SHARED_DATA); skips the test where it is absent."""
-    path = pathlib.Path(os.environ.get("LMSGD_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
-    if not (path / "cifar10-jpeg.tar.gz").exists():
-        pytest.skip(f"shared data not found at {path} (set LMSGD_SHARED_DATA)")
+    """The folder holding cifar10-jpeg.tar.gz ($LMSGD_SHARED_DATA); skips the test where it
+    is absent."""
+    path = shared_data_path()
+    if path is None:
+        pytest.skip(f"cifar10-jpeg.tar.gz not found in {_archive_dir()} (set LMSGD_SHARED_DATA)")
     return path

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import optax
 import pytest
-from test_step import IMAGE, batches, max_rel_err, tiny_model
+from helpers import IMAGE, batches, max_rel_err, tiny_model
 
 from lmsgd.models import BatchStatsNorm
 from lmsgd.parallel import create_mesh
