@@ -32,6 +32,7 @@ import contextlib
 import glob
 import importlib.abc
 import importlib.util
+import logging
 import os
 import re
 import sys
@@ -148,6 +149,18 @@ class _QuietLoader(importlib.abc.Loader):
             self.loader.exec_module(module)
 
 
+def _drop_orbax_item_metadata_warning(record) -> bool:
+    """orbax warns "Metadata file does not exist: .../<step>/state/_CHECKPOINT_METADATA" when
+    one item of a CheckpointManager step is opened on its own (`load_state_arrays`): that file
+    lives one folder up, in the step, by design. Nothing is missing; the line only alarms."""
+    message = str(record.msg)
+    return not (
+        message.startswith("Metadata file does not exist")
+        and "_CHECKPOINT_METADATA" in (message % record.args if record.args else message)
+    )
+
+
 quiet_environment()
+logging.getLogger("absl").addFilter(_drop_orbax_item_metadata_warning)
 if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietImport) for f in sys.meta_path):
     sys.meta_path.insert(0, _QuietImport(("tensorflow",), TF_NOISE))
