@@ -25,64 +25,27 @@
 #    vs moving averages.
 # 4. **The compiled step's collectives**: what XLA really sends for each all-reduce setting.
 #
-# The recipe as this repository reads it (with sources and open questions) is in `docs/recipe.md`,
-# in the `shared/` folder next to the checkout; the sections referred to below are its.
+# The recipe as this repository reads it (with sources and open questions) is in
+# [`docs/recipe.md`](../docs/recipe.md); the sections referred to below are its.
 
 # %% [markdown]
 # ## Setup
 #
-# Inside a checkout (the repository's `notebooks/` folder, with `pip install -e .` done) this
-# cell does nothing. Elsewhere, e.g. on Colab, upload a copy of the repository made with
-# `git archive -o lmsgd.zip HEAD` (or `.tar.gz`) next to the notebook, or set the environment
-# variable `LMSGD_GIT_URL` to a git URL of your copy; the cell unpacks (or clones) it into
-# `lmsgd_repo/` and installs the package from there (the configs live in the repository, not
-# in the package).
+# Where lmsgd is installed (a checkout with `pip install -e .`) this cell does nothing.
+# Elsewhere, e.g. on Colab, it pip-installs the package from `PIP_SPEC` (a git URL or a
+# wheel); the configs ship inside the package, so nothing else is needed.
 
 # %%
 import importlib.util
 import os
 import pathlib
-import shutil
-import subprocess
 
 from IPython import get_ipython
 
-
-def find_repo_root() -> pathlib.Path | None:
-    """The checkout holding configs/: the working directory or one of its parents."""
-    here = pathlib.Path.cwd().resolve()
-    for folder in (here, *here.parents, here / "lmsgd_repo"):
-        if (folder / "configs" / "default.py").is_file() and (folder / "lmsgd").is_dir():
-            return folder
-    return None
-
-
-def fetch_repo(target: pathlib.Path) -> pathlib.Path:
-    """Unpacks an uploaded lmsgd*.zip / lmsgd*.tar.gz, or clones $LMSGD_GIT_URL."""
-    archives = sorted(pathlib.Path.cwd().glob("lmsgd*.zip")) + sorted(
-        pathlib.Path.cwd().glob("lmsgd*.tar.gz")
-    )
-    if archives:
-        shutil.unpack_archive(str(archives[0]), str(target))
-    elif os.environ.get("LMSGD_GIT_URL"):
-        subprocess.run(
-            ["git", "clone", "--depth", "1", os.environ["LMSGD_GIT_URL"], str(target)], check=True
-        )
-    else:
-        raise FileNotFoundError(
-            "no lmsgd checkout here: upload `git archive -o lmsgd.zip HEAD` of your copy next to "
-            "this notebook, or set LMSGD_GIT_URL to its git URL, then rerun this cell"
-        )
-    root = find_repo_root()
-    if root is None:
-        raise FileNotFoundError(f"{target} does not hold configs/default.py and lmsgd/")
-    return root
-
-
-REPO_ROOT = find_repo_root() or fetch_repo(pathlib.Path("lmsgd_repo").resolve())
-if importlib.util.find_spec("lmsgd") is None:  # not installed: install it from the checkout
-    get_ipython().run_line_magic("pip", f'install -q "{REPO_ROOT}"')
-print("repository:", REPO_ROOT)
+# Your copy's git URL (or a wheel's path); set LMSGD_PIP_SPEC or edit this line.
+PIP_SPEC = os.environ.get("LMSGD_PIP_SPEC", "git+https://github.com/OWNER/lmsgd.git")
+if importlib.util.find_spec("lmsgd") is None:  # not installed: install it (Colab)
+    get_ipython().run_line_magic("pip", f'install -q "{PIP_SPEC}"')
 
 # %% [markdown]
 # Simulate 8 CPU devices. This must happen before JAX creates its backends, i.e. right after
@@ -91,8 +54,10 @@ print("repository:", REPO_ROOT)
 
 # %%
 os.environ["JAX_PLATFORMS"] = "cpu"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import lmsgd  # noqa: E402, F401  (first: a quiet start-up, see lmsgd/_quiet.py)
+
+# isort: split
 import jax  # noqa: E402
 
 try:
@@ -111,6 +76,7 @@ import numpy as np  # noqa: E402
 from IPython.display import Markdown, display  # noqa: E402
 
 import lmsgd.config  # noqa: E402
+import lmsgd.config_files  # noqa: E402
 import lmsgd.evaluate  # noqa: E402
 import lmsgd.models  # noqa: E402
 import lmsgd.optim  # noqa: E402
@@ -124,12 +90,14 @@ print(jax.device_count(), "devices:", jax.devices())
 assert jax.device_count() == 8, "restart the kernel and run from the top"
 
 T_START = time.perf_counter()
-CONFIGS = REPO_ROOT / "configs"
+CONFIGS = lmsgd.config_files.config_dir()  # configs/ of the checkout, or of the installed wheel
+print("configs:", CONFIGS)
 
 
 def load_config(name: str):
-    """`configs/<name>` via lmsgd's loader (it calls the file's get_config())."""
-    return lmsgd.config.load_config_file(str(CONFIGS / name))
+    """A shipped config (`default.py` = configs/default.py) via lmsgd's loader, which calls
+    the file's get_config()."""
+    return lmsgd.config.load_config_file(lmsgd.config_files.resolve(name))
 
 
 # %% [markdown]

@@ -13,7 +13,7 @@ Recipe (Akiba et al. 2017, docs/recipe.md): RMSprop warm-up handing over to mome
 0.001 x (0.1 x 1280 / 256 = 0.5) at epochs 40 / 70 / 85 of 90, weight decay 1e-4 on every
 parameter, batch-statistics-only BN per device (no moving averages; evaluation uses the last
 training batch's statistics averaged over the devices), float16 all-reduce.
-Expected: quick preset (reduced: ResNet-8, 16 px, 24 epochs) measured in README's
+Expected: quick preset (reduced: ResNet-8, 16 px, 24 epochs) measured in docs/results.md's
 large-batch section; full preset not measured here.
 """
 
