@@ -2,7 +2,8 @@
 
     python -m lmsgd.experiments.large_batch --preset sweep --results_dir results/sweep [--commit]
     python -m lmsgd.experiments.sweep --results_dir results/sweep [--dry_run] [--commit]
-    python -m lmsgd.experiments.sweep --results_dir results/sweep --report_only [--readme docs/results.md]
+    python -m lmsgd.experiments.sweep --results_dir results/sweep --report_only \
+        [--readme docs/results.md]
 
 Two figures of one sweep (`SWEEPS`), each point run with every seed:
 
