@@ -35,3 +35,26 @@ def shared_data_dir() -> pathlib.Path:
     if path is None:
         pytest.skip(f"cifar10-jpeg.tar.gz not found in {_archive_dir()} (set LMSGD_SHARED_DATA)")
     return path
+
+
+# The slow tier, by module (a module's tests share its cost: subprocesses, long compiles);
+# single tests elsewhere carry @pytest.mark.slow. `pytest -m "not slow"` is the fast tier.
+SLOW_MODULES = {
+    "test_allreduce_scale",  # 1,024 simulated devices in subprocesses
+    "test_bench_all",  # every benchmark suite end to end
+    "test_data_multiprocess",  # two JAX processes
+    "test_driver_edges",  # the driver's failure paths, end to end
+    "test_experiments",  # the recipe comparison's runner
+    "test_launch",  # the launchers, several with real processes
+    "test_multiprocess",  # several JAX processes
+    "test_notebook",  # executes the notebook
+    "test_plan",  # compiles for TPU slices through libtpu
+    "test_sweep",  # real sweep runs
+    "test_train",  # end-to-end training, resumption, preemption
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

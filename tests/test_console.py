@@ -101,6 +101,7 @@ def _quiet_env():
     return env
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     any(os.path.exists(p) for p in ("/dev/nvidia0", "/dev/accel0", "/dev/kfd")),
     reason="a machine with an accelerator is expected to use it",
