@@ -56,16 +56,18 @@ def accelerator_present(patterns=ACCELERATOR_DEVICE_FILES) -> bool:
 def quiet_environment(environ=os.environ, *, has_accelerator: bool | None = None) -> None:
     """Sets the defaults above in `environ` (only those the user left unset)."""
     environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "JAX_PLATFORMS" in environ:
-        return
     if has_accelerator is None:
         has_accelerator = accelerator_present()
-    if not has_accelerator:
+    if has_accelerator:
+        return
+    if "JAX_PLATFORMS" not in environ:
         environ["JAX_PLATFORMS"] = "cpu"
         _tell_jax_if_imported()
-        if any(importlib.util.find_spec(name) for name in CUDA_PLUGINS):
-            with _stderr_without(PLUGIN_NOISE):
-                _load_jax_and_plugins()
+    # Also where the user chose the platform (a notebook's JAX_PLATFORMS=cpu): the plugin
+    # loads with `import jax` whatever it says. Only its known lines are dropped.
+    if environ is os.environ and any(importlib.util.find_spec(n) for n in CUDA_PLUGINS):
+        with _stderr_without(PLUGIN_NOISE):
+            _load_jax_and_plugins()
 
 
 @contextlib.contextmanager
