@@ -15,6 +15,7 @@ kept at each evaluation; in a log file (not a terminal) every interval is its ow
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -105,7 +106,9 @@ class _Bar:
 
     @classmethod
     def draw(cls, stream: TextIO, text: str) -> None:
-        stream.write("\r\x1b[K" + text)
+        # A line wider than the terminal wraps, and "\r" cannot return over the wrap.
+        width = shutil.get_terminal_size((120, 24)).columns
+        stream.write("\r\x1b[K" + text[: max(width - 1, 20)])
         stream.flush()
         cls.stream = stream
 
