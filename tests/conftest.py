@@ -42,6 +42,10 @@ def shared_data_dir() -> pathlib.Path:
 SLOW_MODULES = {
     "test_allreduce_scale",  # 1,024 simulated devices in subprocesses
     "test_bench_all",  # every benchmark suite end to end
+    "test_bench_allreduce",  # the benchmarks: ResNet-sized programs, libtpu compiles
+    "test_bench_input",
+    "test_bench_optimizer",
+    "test_bench_step",
     "test_data_multiprocess",  # two JAX processes
     "test_driver_edges",  # the driver's failure paths, end to end
     "test_experiments",  # the recipe comparison's runner
