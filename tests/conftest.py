@@ -40,6 +40,7 @@ def shared_data_dir() -> pathlib.Path:
 # The slow tier, by module (a module's tests share its cost: subprocesses, long compiles);
 # single tests elsewhere carry @pytest.mark.slow. `pytest -m "not slow"` is the fast tier.
 SLOW_MODULES = {
+    "test_accumulation",  # N devices x K micro-batches against N*K devices: many compiles
     "test_allreduce_scale",  # 1,024 simulated devices in subprocesses
     "test_bench_all",  # every benchmark suite end to end
     "test_bench_allreduce",  # the benchmarks: ResNet-sized programs, libtpu compiles
@@ -58,7 +59,17 @@ SLOW_MODULES = {
 }
 
 
+# Tests of the fast modules that start a training process or compile ResNet-50 (each 50 s and
+# more on 2 loaded cores).
+SLOW_TESTS = {
+    "test_cli_errors_are_one_line_without_traceback",
+    "test_missing_and_broken_config_files_are_named",
+    "test_resnet50_forward_and_gradient_at_small_resolution",
+}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.module.__name__.rpartition(".")[2] in SLOW_MODULES:
+        module = item.module.__name__.rpartition(".")[2]
+        if module in SLOW_MODULES or getattr(item, "originalname", item.name) in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
