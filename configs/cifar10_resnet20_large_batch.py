@@ -7,7 +7,7 @@ Hardware: one GPU, or 8 (simulated) devices: 160 images per device, BN per devic
 Recipe: the paper's — RMSprop warm-up + slow-start (eta_base = 0.1 x 1280 / 256 = 0.5) +
 batch-statistics-only normalization per device, float16 all-reduce; 90 epochs (39 steps each,
 3,510 steps: the paper's ~3,500).
-Expected: see the large-batch experiment in README (lmsgd.experiments.large_batch).
+Expected: see the large-batch experiment in docs/results.md (lmsgd.experiments.large_batch).
 """
 
 import os

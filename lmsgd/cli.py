@@ -1,10 +1,11 @@
 """The command line shared by `lmsgd.train` and `lmsgd.evaluate`.
 
-`--config FILE[:ARG]` (an ml_collections config file) with `--config.key=value` overrides and
-`--workdir DIR`. A user error (a bad key or value, a missing file or dataset, a locked or
-incompatible workdir, a diverged run, a full disk) prints one `error:` line naming the value
-and what is allowed and exits non-zero, without a traceback; `--verbose` or `LMSGD_DEBUG=1`
-shows it. Anything else is a bug and keeps its traceback.
+`--config FILE[:ARG]` (an ml_collections config file, or the name of a shipped config:
+`lmsgd.config_files`) with `--config.key=value` overrides and `--workdir DIR`. A user error
+(a bad key or value, a missing file or dataset, a locked or incompatible workdir, a diverged
+run, a full disk) prints one `error:` line naming the value and what is allowed and exits
+non-zero, without a traceback; `--verbose` or `LMSGD_DEBUG=1` shows it. Anything else is a
+bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def _load(spec: str) -> ml_collections.ConfigDict:
 
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} not found (give --config configs/<name>.py)")
+        raise ConfigError(f"config file {path!r} not found (give --config default or a path)")
     try:
         return load_config_file(path, arg=arg or None)
     except Exception as e:  # the user's file: any error in it is theirs
@@ -95,6 +96,10 @@ def parse(
     Raises ConfigError for every mistake on the command line.
     """
 
+    from lmsgd.config_files import resolve_argv
+
+    # `--config default` names a shipped config; config_flags loads paths, so resolve it first.
+    argv = resolve_argv(argv)
     # config_flags finds the override flags (--config.a.b=...) in sys.argv when the config
     # flag is defined: define and parse with `argv` in sys.argv.
     saved_argv, sys.argv = sys.argv, list(argv)
@@ -123,7 +128,7 @@ def _parse(
         define_extra(fv)
     spec = _config_source(argv[1:])
     if spec is None:
-        raise ConfigError("--config is required (e.g. --config configs/default.py)")
+        raise ConfigError("--config is required (e.g. --config default or configs/default.py)")
     config = _load(spec)  # a bad file fails here, with its line
     try:
         rest = fv(list(argv))
@@ -147,19 +152,22 @@ def _orbax_filter(record: logging.LogRecord) -> bool:
 
 
 def _setup_logging() -> None:
-    """lmsgd's and clu's (absl) INFO lines on stderr, one format; orbax only from WARNING
-    (it logs every save step by step at INFO)."""
+    """lmsgd's INFO lines (the console: `lmsgd.console`) on stderr, one format; libraries that
+    log through absl (clu's work-unit notes, orbax's save steps) only from WARNING."""
     from absl import logging as absl_logging
+
+    from lmsgd.console import BarAwareFilter
 
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     handler.addFilter(_orbax_filter)
-    for name in ("lmsgd", "absl"):
+    handler.addFilter(BarAwareFilter())  # a progress bar drawn in place ends first
+    for name, level in (("lmsgd", logging.INFO), ("absl", logging.WARNING)):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.propagate = False
-        logger.setLevel(logging.INFO)
-    absl_logging.set_verbosity(absl_logging.INFO)
+        logger.setLevel(level)
+    absl_logging.set_verbosity(absl_logging.WARNING)
 
 
 def run_command(
@@ -195,5 +203,6 @@ def run_command(
             raise
         print(f"{prog}: error: {full}", file=sys.stderr)
         return EXIT_FAILED
-    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=1))
+    # One line, for scripts (the run's full summary is in the workdir).
+    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}))
     return 0

@@ -1,7 +1,7 @@
 """`python -m lmsgd.evaluate --config configs/<name>.py --workdir DIR [--step N]`.
 
 Evaluates the latest (or the given) checkpoint of a run on every evaluation example, with the
-normalization statistics of PAPER.md s.3 that the config asks for, and writes
+normalization statistics of docs/recipe.md s.3 that the config asks for, and writes
 `<workdir>/eval_<step>.json`.
 """
 

@@ -1,5 +1,5 @@
 """Evaluation of a train state over the whole evaluation split, with the normalization
-statistics PAPER.md s.3 describes (the last training batch's, pooled over all workers, or
+statistics docs/recipe.md s.3 describes (the last training batch's, pooled over all workers, or
 'precise BN' over K fresh batches)."""
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def evaluate(run: Run, state: TrainState, eval_step: Callable | None = None) -> 
 
 def population_statistics(run: Run, state: TrainState) -> Any:
     """'Precise BN': statistics over K = model.eval_stats_batches fresh training batches with
-    the final weights, pooled exactly over devices and batches (PAPER.md s.3)."""
+    the final weights, pooled exactly over devices and batches (docs/recipe.md s.3)."""
     stats_step = make_population_stats_step(run.model, run.mesh)
     batches = run.train_batches(seed_offset=1)  # fresh batches, not the ones trained on
     collected = [

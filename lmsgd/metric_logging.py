@@ -1,9 +1,10 @@
-"""Metric writers: clu's default writer (console log + TensorBoard) and a JSON-lines file.
+"""Metric writers: the console (`lmsgd.console`), TensorBoard (clu) and a JSON-lines file.
 
-Process 0 writes files; the other processes only log (`create_default_writer(just_logging=
-process_index != 0)`, as Flax's ImageNet example does), so a pod produces one set of files.
-Scalars are named `<kind>/<name>` (`train/loss`, `eval/top1`); `metrics.jsonl` holds one
-record per step and kind: `{"step": 50, "kind": "train", "loss": ..., ...}`.
+Every scalar goes to TensorBoard and `metrics.jsonl`; the console shows the few a person
+scans. Process 0 writes files; the other processes only print their console lines (as in
+Flax's ImageNet example), so a pod produces one set of files. Scalars are named
+`<kind>/<name>` (`train/loss`, `eval/top1`); `metrics.jsonl` holds one record per step and
+kind: `{"step": 50, "kind": "train", "loss": ..., ...}`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import jax
 from clu import metric_writers
 from etils import epath
 
+from lmsgd.console import ConsoleWriter
+from lmsgd.console import format_duration as format_duration
 from lmsgd.workdir import is_remote, write_text
 
 log = logging.getLogger("lmsgd")
@@ -104,18 +107,27 @@ class JsonlWriter(metric_writers.MetricWriter):
             self.flush()
 
 
-def create_writer(workdir: str, *, tensorboard: bool = True) -> metric_writers.MetricWriter:
-    """Console + TensorBoard + `metrics.jsonl` on process 0; console only elsewhere.
+def create_writer(
+    workdir: str,
+    *,
+    tensorboard: bool = True,
+    total_steps: int | None = None,
+    steps_per_epoch: int = 1,
+) -> metric_writers.MetricWriter:
+    """Console + TensorBoard + `metrics.jsonl` on process 0; the console only elsewhere.
 
-    Synchronous, so that a failed write (e.g. a full disk) surfaces in the loop where it can
-    be reported, not in a background thread.
+    The console (`lmsgd.console.ConsoleWriter`) needs the run's `total_steps`; without it
+    nothing is printed. Synchronous, so that a failed write (e.g. a full disk) surfaces in the
+    loop where it can be reported, not in a background thread.
     """
-    if jax.process_index() != 0:
-        return metric_writers.create_default_writer(just_logging=True, asynchronous=False)
-    default = metric_writers.create_default_writer(
-        os.path.join(workdir, "tensorboard") if tensorboard else None, asynchronous=False
-    )
-    return metric_writers.MultiWriter([default, JsonlWriter(os.path.join(workdir, METRICS_FILE))])
+    writers: list[metric_writers.MetricWriter] = []
+    if total_steps is not None:
+        writers.append(ConsoleWriter(total_steps, steps_per_epoch))
+    if jax.process_index() == 0:
+        if tensorboard:
+            writers.append(metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard")))
+        writers.append(JsonlWriter(os.path.join(workdir, METRICS_FILE)))
+    return metric_writers.MultiWriter(writers)
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
@@ -137,10 +149,3 @@ def drop_metrics_after(workdir: str, step: int) -> int:
         return 0
     write_text(workdir, METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
     return len(records) - len(kept)
-
-
-def format_duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"

@@ -194,7 +194,8 @@ def make_source(data_config: Mapping[str, Any]):
         return sources.make_source(data_config)
     except (FileNotFoundError, NotADirectoryError, ValueError) as e:
         raise DataError(
-            f"{e}" + ("\n  (CIFAR-10 from ../shared/data: python -m lmsgd.data.prepare cifar10)"
+            f"{e}" + ("\n  (CIFAR-10: python -m lmsgd.data.prepare cifar10 unpacks "
+                      "$LMSGD_SHARED_DATA/cifar10-jpeg.tar.gz)"
                       if data_config["name"] == "image_folder" else "")
         ) from e  # fmt: skip
 

@@ -43,7 +43,7 @@ class TrainState:
     """Everything a step reads and writes; replicated on every device.
 
     `batch_stats` holds, per normalization layer, the statistics of the last training step
-    pooled exactly over all workers (PAPER.md s.3), and in the moving-average ablation the
+    pooled exactly over all workers (docs/recipe.md s.3), and in the moving-average ablation the
     EMAs too.
     """
 
@@ -376,7 +376,7 @@ def make_population_stats_step(model: nn.Module, mesh: Mesh) -> Callable[[TrainS
     with the current weights, pooled over all devices (no parameter update).
 
     Averaging its outputs over K batches with `pool_statistics` gives "precise BN" population
-    statistics (PAPER.md s.3, K > 1).
+    statistics (docs/recipe.md s.3, K > 1).
     """
     axes = data_axes(mesh)
     model = bind_model_to_mesh(model, mesh)

@@ -24,10 +24,11 @@ from clu import periodic_actions
 from lmsgd import evaluation, resume
 from lmsgd.checkpointing import Checkpointer
 from lmsgd.config import validate_config
+from lmsgd.console import summary_line
 from lmsgd.distributed import check_shared_workdir
 from lmsgd.errors import NonFiniteLossError
 from lmsgd.goodput import Goodput
-from lmsgd.metric_logging import create_writer, drop_metrics_after, format_duration
+from lmsgd.metric_logging import create_writer, drop_metrics_after
 from lmsgd.models.summary import count_params
 from lmsgd.run import Run, build, setup_devices
 from lmsgd.workdir import (
@@ -141,7 +142,12 @@ def _open_workdir(run: Run, workdir: str, stack: contextlib.ExitStack, layout: r
             log.info(
                 "dropped %d metric records after step %d (rerun from there)", dropped, start_step
             )
-    writer = create_writer(workdir, tensorboard=config.logging.tensorboard)
+    writer = create_writer(
+        workdir,
+        tensorboard=config.logging.tensorboard,
+        total_steps=run.plan.total_steps,
+        steps_per_epoch=run.plan.steps_per_epoch,
+    )
     stack.callback(writer.close)
     return state, start_step, ckpt, writer
 
@@ -339,10 +345,6 @@ def train_and_evaluate(
             if jax.config.jax_enable_compilation_cache
             else None,
         }
-        log.info(
-            "done: step %d, eval top-1 %.4f top-5 %.4f (%d examples), %s",
-            step, result["top1"], result["top5"], result["num_examples"], format_duration(wall),
-        )  # fmt: skip
         # What the exit would do anyway, inside the account: join orbax's threads, flush the
         # metrics (the callbacks then find nothing left to do).
         with gp.phase("checkpoint"):
@@ -351,6 +353,7 @@ def train_and_evaluate(
         with gp.phase("train_steps"):
             writer.flush()
         summary["goodput"] = gp.summary()
+        log.info("%s", summary_line(summary, workdir))
         log.info("%s", gp.line())
         if jax.process_index() == 0:
             write_json(workdir, "summary.json", {**summary, "config": config_as_json(config)})

@@ -25,64 +25,27 @@
 #    vs moving averages.
 # 4. **The compiled step's collectives**: what XLA really sends for each all-reduce setting.
 #
-# The recipe as this repository reads it (with sources and open questions) is in `PAPER.md`,
-# in the `shared/` folder next to the checkout; the sections referred to below are its.
+# The recipe as this repository reads it (with sources and open questions) is in
+# [`docs/recipe.md`](../docs/recipe.md); the sections referred to below are its.
 
 # %% [markdown]
 # ## Setup
 #
-# Inside a checkout (the repository's `notebooks/` folder, with `pip install -e .` done) this
-# cell does nothing. Elsewhere, e.g. on Colab, upload a copy of the repository made with
-# `git archive -o lmsgd.zip HEAD` (or `.tar.gz`) next to the notebook, or set the environment
-# variable `LMSGD_GIT_URL` to a git URL of your copy; the cell unpacks (or clones) it into
-# `lmsgd_repo/` and installs the package from there (the configs live in the repository, not
-# in the package).
+# Where lmsgd is installed (a checkout with `pip install -e .`) this cell does nothing.
+# Elsewhere, e.g. on Colab, it pip-installs the package from `PIP_SPEC` (a git URL or a
+# wheel); the configs ship inside the package, so nothing else is needed.
 
 # %%
 import importlib.util
 import os
 import pathlib
-import shutil
-import subprocess
 
 from IPython import get_ipython
 
-
-def find_repo_root() -> pathlib.Path | None:
-    """The checkout holding configs/: the working directory or one of its parents."""
-    here = pathlib.Path.cwd().resolve()
-    for folder in (here, *here.parents, here / "lmsgd_repo"):
-        if (folder / "configs" / "default.py").is_file() and (folder / "lmsgd").is_dir():
-            return folder
-    return None
-
-
-def fetch_repo(target: pathlib.Path) -> pathlib.Path:
-    """Unpacks an uploaded lmsgd*.zip / lmsgd*.tar.gz, or clones $LMSGD_GIT_URL."""
-    archives = sorted(pathlib.Path.cwd().glob("lmsgd*.zip")) + sorted(
-        pathlib.Path.cwd().glob("lmsgd*.tar.gz")
-    )
-    if archives:
-        shutil.unpack_archive(str(archives[0]), str(target))
-    elif os.environ.get("LMSGD_GIT_URL"):
-        subprocess.run(
-            ["git", "clone", "--depth", "1", os.environ["LMSGD_GIT_URL"], str(target)], check=True
-        )
-    else:
-        raise FileNotFoundError(
-            "no lmsgd checkout here: upload `git archive -o lmsgd.zip HEAD` of your copy next to "
-            "this notebook, or set LMSGD_GIT_URL to its git URL, then rerun this cell"
-        )
-    root = find_repo_root()
-    if root is None:
-        raise FileNotFoundError(f"{target} does not hold configs/default.py and lmsgd/")
-    return root
-
-
-REPO_ROOT = find_repo_root() or fetch_repo(pathlib.Path("lmsgd_repo").resolve())
-if importlib.util.find_spec("lmsgd") is None:  # not installed: install it from the checkout
-    get_ipython().run_line_magic("pip", f'install -q "{REPO_ROOT}"')
-print("repository:", REPO_ROOT)
+# Your copy's git URL (or a wheel's path); set LMSGD_PIP_SPEC or edit this line.
+PIP_SPEC = os.environ.get("LMSGD_PIP_SPEC", "git+https://github.com/OWNER/lmsgd.git")
+if importlib.util.find_spec("lmsgd") is None:  # not installed: install it (Colab)
+    get_ipython().run_line_magic("pip", f'install -q "{PIP_SPEC}"')
 
 # %% [markdown]
 # Simulate 8 CPU devices. This must happen before JAX creates its backends, i.e. right after
@@ -91,8 +54,10 @@ print("repository:", REPO_ROOT)
 
 # %%
 os.environ["JAX_PLATFORMS"] = "cpu"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import lmsgd  # noqa: E402, F401  (first: a quiet start-up, see lmsgd/_quiet.py)
+
+# isort: split
 import jax  # noqa: E402
 
 try:
@@ -111,6 +76,7 @@ import numpy as np  # noqa: E402
 from IPython.display import Markdown, display  # noqa: E402
 
 import lmsgd.config  # noqa: E402
+import lmsgd.config_files  # noqa: E402
 import lmsgd.evaluate  # noqa: E402
 import lmsgd.models  # noqa: E402
 import lmsgd.optim  # noqa: E402
@@ -124,18 +90,20 @@ print(jax.device_count(), "devices:", jax.devices())
 assert jax.device_count() == 8, "restart the kernel and run from the top"
 
 T_START = time.perf_counter()
-CONFIGS = REPO_ROOT / "configs"
+CONFIGS = lmsgd.config_files.config_dir()  # configs/ of the checkout, or of the installed wheel
+print("configs:", CONFIGS)
 
 
 def load_config(name: str):
-    """`configs/<name>` via lmsgd's loader (it calls the file's get_config())."""
-    return lmsgd.config.load_config_file(str(CONFIGS / name))
+    """A shipped config (`default.py` = configs/default.py) via lmsgd's loader, which calls
+    the file's get_config()."""
+    return lmsgd.config.load_config_file(lmsgd.config_files.resolve(name))
 
 
 # %% [markdown]
 # ## 1. The slow-start schedule and the RMSprop to SGD hand-over
 #
-# The paper's optimizer (PAPER.md s.1) starts as RMSprop and hands over smoothly to momentum
+# The paper's optimizer (docs/recipe.md s.1) starts as RMSprop and hands over smoothly to momentum
 # SGD: each step is `alpha_sgd * eta * g` (SGD part) plus `(1 - alpha_sgd) * eta_rmsprop *
 # g / (sqrt(m) + eps)` (RMSprop part), with `alpha_sgd` rising from ~0 to 1 around epoch
 # `beta_center = 10` (an exponential, then a line that reaches 1 at epoch 12.5). The SGD
@@ -167,13 +135,13 @@ for cfg, ax in ((akiba, ax_akiba), (goyal, ax_goyal)):
 display(fig)
 
 # %% [markdown]
-# `alpha_sgd` against PAPER.md's reference values (`beta_center = 10`, `beta_period = 5`),
+# `alpha_sgd` against docs/recipe.md's reference values (`beta_center = 10`, `beta_period = 5`),
 # and the slow-start rate at 32k on each plateau:
 
 # %%
 alpha = lmsgd.optim.alpha_sgd_schedule(STEPS_PER_EPOCH, beta_center=10.0, beta_period=5.0)
 paper_alpha = {0: 0.0091578, 5: 0.0676676, 10: 0.5, 11: 0.7, 12: 0.9, 12.5: 1.0, 50: 1.0}
-print(" epoch   alpha_sgd   PAPER.md")
+print(" epoch   alpha_sgd   docs/recipe.md")
 for epoch, expected in paper_alpha.items():
     value = float(alpha(jnp.asarray(epoch * STEPS_PER_EPOCH, jnp.float32)))
     print(f"{epoch:6}   {value:9.7f}   {expected:9.7f}")
@@ -309,7 +277,7 @@ print({k: v for k, v in bs_summary.items() if not isinstance(v, dict)})
 # %% [markdown]
 # ## 3. Batch statistics instead of moving averages
 #
-# PAPER.md s.3: during training each worker normalizes with the statistics of its own local
+# docs/recipe.md s.3: during training each worker normalizes with the statistics of its own local
 # minibatch (32 images per GPU) and **no running averages are kept**. For evaluation, the
 # per-channel means and variances of the **last training minibatch of every worker are
 # averaged across workers** (an all-reduce) and used for all evaluation passes. The argument:
@@ -448,7 +416,7 @@ display(Markdown(collectives_table(programs)))
 #
 # * Every program has a few float32 all-reduces besides the gradient: 168 batch-norm values
 #   (means and variances of the last batch, pooled exactly over all workers for evaluation,
-#   PAPER.md s.3) and the logged loss and accuracy. With `float32` XLA's all-reduce combiner
+#   docs/recipe.md s.3) and the logged loss and accuracy. With `float32` XLA's all-reduce combiner
 #   merges them with the gradient; in another dtype the gradient travels on its own.
 # * `float16` halves the gradient's bytes against `float32` (the paper sent float16 over
 #   NCCL). The gradient is one fused buffer of all parameters (`allreduce.fuse`), scaled by

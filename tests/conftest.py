@@ -1,4 +1,5 @@
-"""Test setup: 8 simulated CPU devices, set before JAX initializes its backends."""
+"""Test setup: 8 simulated CPU devices, set before JAX initializes its backends; the fixtures
+every module may use. Shared helpers (no fixtures) are in tests/helpers.py."""
 
 import os
 
@@ -21,14 +22,54 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
+from helpers import shared_data_path  # noqa: E402
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+from lmsgd.data.prepare import shared_data_dir as _archive_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def shared_data_dir() -> pathlib.Path:
-    """`../shared/data` (or $LMSGD_SHARED_DATA); skips the test where it is absent."""
-    path = pathlib.Path(os.environ.get("LMSGD_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
-    if not (path / "cifar10-jpeg.tar.gz").exists():
-        pytest.skip(f"shared data not found at {path} (set LMSGD_SHARED_DATA)")
+    """The folder holding cifar10-jpeg.tar.gz ($LMSGD_SHARED_DATA); skips the test where it
+    is absent."""
+    path = shared_data_path()
+    if path is None:
+        pytest.skip(f"cifar10-jpeg.tar.gz not found in {_archive_dir()} (set LMSGD_SHARED_DATA)")
     return path
+
+
+# The slow tier, by module (a module's tests share its cost: subprocesses, long compiles);
+# single tests elsewhere carry @pytest.mark.slow. `pytest -m "not slow"` is the fast tier.
+SLOW_MODULES = {
+    "test_accumulation",  # N devices x K micro-batches against N*K devices: many compiles
+    "test_allreduce_scale",  # 1,024 simulated devices in subprocesses
+    "test_bench_all",  # every benchmark suite end to end
+    "test_bench_allreduce",  # the benchmarks: ResNet-sized programs, libtpu compiles
+    "test_bench_input",
+    "test_bench_optimizer",
+    "test_bench_step",
+    "test_data_multiprocess",  # two JAX processes
+    "test_driver_edges",  # the driver's failure paths, end to end
+    "test_experiments",  # the recipe comparison's runner
+    "test_launch",  # the launchers, several with real processes
+    "test_multiprocess",  # several JAX processes
+    "test_notebook",  # executes the notebook
+    "test_plan",  # compiles for TPU slices through libtpu
+    "test_sweep",  # real sweep runs
+    "test_train",  # end-to-end training, resumption, preemption
+}
+
+
+# Tests of the fast modules that start a training process or compile ResNet-50 (each 50 s and
+# more on 2 loaded cores).
+SLOW_TESTS = {
+    "test_cli_errors_are_one_line_without_traceback",
+    "test_missing_and_broken_config_files_are_named",
+    "test_resnet50_forward_and_gradient_at_small_resolution",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2]
+        if module in SLOW_MODULES or getattr(item, "originalname", item.name) in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)

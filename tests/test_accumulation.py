@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import optax
 import pytest
-from test_step import IMAGE, batches, max_rel_err, tiny_model
+from helpers import IMAGE, batches, max_rel_err, tiny_model
 
 from lmsgd.models import BatchStatsNorm
 from lmsgd.parallel import create_mesh
@@ -101,7 +101,7 @@ def test_paper_config_variants_keep_32768_images_and_32_image_statistics(variant
     config = load_config_file(str(path), arg=variant)
     imagenet = DatasetInfo("imagenet2012", 1000, (224, 224, 3), 1_281_167, 50_000)
     plan = plan_run(config, imagenet, devices)
-    # PAPER.md: 32,768 images per optimizer step, statistics over 32 images, 39 steps/epoch
+    # docs/recipe.md: 32,768 images per optimizer step, statistics over 32 images, 39 steps/epoch
     assert devices * plan.micro_batch * plan.accumulation_steps == 32768
     assert plan.micro_batch == micro and plan.bn_span_examples == 32
     assert plan.steps_per_epoch == 1_281_167 // 32768 == 39

@@ -12,7 +12,9 @@ from lmsgd.config import SECTIONS, TOP
 from lmsgd.errors import ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.py"))
+CONFIGS = sorted(
+    str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.py") if p.name != "__init__.py"
+)
 
 
 def _as_flag(value) -> str:

@@ -5,13 +5,13 @@ import os
 import jax
 import numpy as np
 import pytest
-from PIL import Image
-from test_data_helpers import (
+from helpers import (
     ids_from_images,
     walk_labels,
     write_noise_folder,
     write_solid_folder,
 )
+from PIL import Image
 
 import lmsgd.data as data
 

@@ -9,7 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from test_data_helpers import write_solid_folder
+from helpers import write_solid_folder
 
 import lmsgd.data as data
 
@@ -23,7 +23,7 @@ WORKER = textwrap.dedent(
     import numpy as np
     from jax.experimental import multihost_utils
     sys.path.insert(0, sys.argv[4])
-    from test_data_helpers import ids_from_images
+    from helpers import ids_from_images
     import lmsgd.data as data
 
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
@@ -111,7 +111,7 @@ def test_two_processes_exact_eval_and_disjoint_train(tmp_path):
     cfg = data.default_data_config()
     cfg.name, cfg.data_dir, cfg.image_size = "image_folder", str(root), 16
     single = data.train_batches(cfg, global_batch_size=4, seed=3, sharding=None)
-    from test_data_helpers import ids_from_images
+    from helpers import ids_from_images
 
     for s in range(4):
         assert not set(a[s]) & set(b[s])

@@ -15,8 +15,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from test_data_helpers import write_solid_folder
-from test_train import tiny_config
+from helpers import tiny_config, write_solid_folder
 
 from lmsgd.checkpointing import load_state_arrays
 from lmsgd.errors import IncompatibleCheckpointError, NonFiniteLossError, WorkdirError

@@ -237,11 +237,11 @@ def _slurm_dry_run(**env) -> tuple[dict, list[str]]:
 
 
 def test_slurm_dry_run_prints_srun():
-    exports, srun = _slurm_dry_run(WORKDIR="/shared/runs/a", GPUS_PER_NODE="4")
+    exports, srun = _slurm_dry_run(WORKDIR="/nfs/runs/a", GPUS_PER_NODE="4")
     assert "--ntasks-per-node=1" in srun and "--gpus-per-node=4" in srun
     train = _train_words(srun)
     assert train["config"] == "configs/imagenet_resnet50_akiba32k.py"
-    assert train["workdir"] == "/shared/runs/a"
+    assert train["workdir"] == "/nfs/runs/a"
     assert train["args"][-2:] == ["--config.data.data_dir=/d", "x y"]
     # One process per node keeps all its GPUs (JAX's SLURM detection would keep only one).
     assert exports["JAX_LOCAL_DEVICE_IDS"] == "0,1,2,3"

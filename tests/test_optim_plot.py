@@ -38,7 +38,7 @@ def test_plot_default_config_curves():
     a_epochs, alpha = (np.asarray(a, np.float64) for a in lines["alpha_sgd"].get_data())
     np.testing.assert_array_equal(a_epochs, epochs)
     np.testing.assert_allclose(alpha, np.asarray(alpha_sgd_schedule(spe)(steps)), rtol=1e-6)
-    # ... and against PAPER.md's numbers.
+    # ... and against docs/recipe.md's numbers.
     assert lr[0] == pytest.approx(6.4) and lr[-1] == pytest.approx(0.0128)
     assert set(np.round(lr, 6)) == {6.4, 0.96, 0.128, 0.0128}
     assert alpha[0] == pytest.approx(0.0091578, abs=1e-6) and alpha[-1] == 1.0

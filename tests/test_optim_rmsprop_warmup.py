@@ -1,4 +1,4 @@
-"""rmsprop_warmup against independent float64 numpy implementations of PAPER.md section 1."""
+"""rmsprop_warmup against independent float64 numpy implementations of docs/recipe.md section 1."""
 
 import math
 
@@ -17,7 +17,7 @@ NUM_STEPS = 60
 
 # ----------------------------------------------------------------------------- references
 def np_alpha_sgd(step, steps_per_epoch, center=10.0, period=5.0):
-    """PAPER.md section 1, written out independently of lmsgd.optim.schedules."""
+    """docs/recipe.md section 1, written out independently of lmsgd.optim.schedules."""
     e = step / steps_per_epoch
     if e < center:
         return 0.5 * math.exp(2 * (e - center) / period)
@@ -38,7 +38,7 @@ def jnp_eta(step):
 def np_rmsprop_warmup(theta, grads, etas, alphas, eta_rms=ETA_RMS, decay_per_element=0.0):
     """The three update equations, verbatim, in float64. Returns thetas, ms and Deltas.
 
-    ``decay_per_element``: L2 weight decay added to each gradient element (PAPER.md s.4)."""
+    ``decay_per_element``: L2 weight decay added to each gradient element (docs/recipe.md s.4)."""
     theta = theta.astype(np.float64)
     m, delta = np.zeros_like(theta), np.zeros_like(theta)
     out = []

@@ -1,4 +1,4 @@
-"""Schedules against PAPER.md's reference values and hand-written formulas."""
+"""Schedules against docs/recipe.md's reference values and hand-written formulas."""
 
 import math
 
@@ -19,7 +19,7 @@ from lmsgd.optim import (
 
 
 def test_linear_scaling_rule():
-    assert linear_scaling_rule(32768) == pytest.approx(12.8)  # PAPER.md section 2
+    assert linear_scaling_rule(32768) == pytest.approx(12.8)  # docs/recipe.md section 2
     assert linear_scaling_rule(256) == pytest.approx(0.1)
     assert linear_scaling_rule(8192, base=0.2) == pytest.approx(6.4)
     assert linear_scaling_rule(1024, reference_batch=512) == pytest.approx(0.2)
@@ -27,7 +27,7 @@ def test_linear_scaling_rule():
         linear_scaling_rule(0)
 
 
-# PAPER.md section 1, as printed there (beta_center = 10, beta_period = 5).
+# docs/recipe.md section 1, as printed there (beta_center = 10, beta_period = 5).
 PAPER_ALPHA = {0: 0.0091578, 5: 0.0676676, 10: 0.5, 11: 0.7, 12: 0.9, 12.5: 1.0, 50: 1.0}
 
 
@@ -84,7 +84,7 @@ def test_slow_start_table():
     base = linear_scaling_rule(32768)  # 12.8
     spe = 100
     schedule = jax.jit(slow_start_schedule(base, spe))
-    # PAPER.md section 2: [0,40) 0.5, [40,70) 0.075, [70,85) 0.01, [85,90) 0.001 x eta_base.
+    # docs/recipe.md section 2: [0,40) 0.5, [40,70) 0.075, [70,85) 0.01, [85,90) 0.001 x eta_base.
     table = [
         (0, 6.4),
         (39.99, 6.4),

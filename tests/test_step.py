@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import CLASSES, IMAGE, NDEV, PER_DEVICE, batches, max_rel_err, tiny_model
 
 from lmsgd.models import BatchStatsNorm, create_model, pool_statistics
 from lmsgd.optim import create_optimizer, default_optimizer_config
@@ -19,36 +20,6 @@ from lmsgd.step import (
     make_population_stats_step,
     make_train_step,
 )
-
-NDEV = 8
-PER_DEVICE = 2
-IMAGE = (8, 8, 3)
-CLASSES = 10
-
-
-def tiny_model(**kw):
-    return create_model(
-        "cifar_resnet8",
-        num_classes=CLASSES,
-        width_multiplier=0.25,
-        zero_init_residual=False,  # so every parameter gets a gradient from step one
-        **kw,
-    )
-
-
-def batches(num_steps, seed=0, batch=NDEV * PER_DEVICE):
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(num_steps):
-        # Per-device offsets make per-device, grouped and global statistics differ.
-        offsets = np.repeat(rng.normal(0, 1, (batch // PER_DEVICE, 1, 1, 3)), PER_DEVICE, 0)
-        out.append(
-            {
-                "image": (rng.normal(size=(batch, *IMAGE)) + offsets).astype(np.float32),
-                "label": rng.integers(0, CLASSES, batch).astype(np.int32),
-            }
-        )
-    return out
 
 
 def reference_run(model, tx, params, batch_stats, steps, group_size):
@@ -99,18 +70,6 @@ def pool_groups(stats):
             )
             out[key], out[var_key] = m, v
     return flax.traverse_util.unflatten_dict(out)
-
-
-def max_rel_err(a, b):
-    errs = jax.tree.map(
-        lambda x, y: (
-            float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
-            / (float(np.max(np.abs(np.asarray(y)))) + 1e-12)
-        ),
-        a,
-        b,
-    )
-    return max(jax.tree.leaves(errs))
 
 
 def run_sharded(mesh, model, tx, steps, **kw):

@@ -168,6 +168,6 @@ def test_readme_table_is_generated_from_the_committed_results():
     assert set(names) <= set(by_name), "README names runs that are not committed"
     records = [by_name[n] for n in names]
     expected = report.sweep_markdown(sweep, records, total=len(sw.plan(sweep)))
-    assert sw.readme_table((REPO / "README.md").read_text()) == expected
+    assert sw.readme_table((REPO / "docs" / "results.md").read_text()) == expected
     for png in ("accuracy_vs_batch.png", "accuracy_vs_lr.png"):
         assert (results / png).stat().st_size < 200_000

@@ -12,41 +12,16 @@ import time
 import jax
 import numpy as np
 import pytest
+from helpers import tiny_config
 
 from lmsgd.checkpointing import load_state_arrays
-from lmsgd.config import base_config, load_config_file, validate_config
+from lmsgd.config import load_config_file, validate_config
 from lmsgd.errors import IncompatibleCheckpointError, NonFiniteLossError, WorkdirError
 from lmsgd.train import train_and_evaluate
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DIGITS_TRAIN = 1437  # 80% of scikit-learn's 1,797 digits
 STEPS_PER_EPOCH = DIGITS_TRAIN // 64
-
-
-def tiny_config(**overrides):
-    config = base_config()
-    config.num_epochs = 0.5  # ceil(0.5 * 22) = 11 steps
-    config.global_batch_size = 64
-    config.eval_batch_size = 64
-    config.eval_every_epochs = 0.25
-    config.model.name = "cifar_resnet8"
-    config.model.width_multiplier = 0.25
-    config.data.name = "digits"
-    config.data.image_size = 8
-    config.optimizer.rmsprop_warmup.beta_center = 0.2
-    config.optimizer.rmsprop_warmup.beta_period = 0.2
-    config.optimizer.slow_start.boundaries = (0.3, 0.4, 0.45)
-    config.checkpoint.every_steps = 4
-    config.checkpoint.async_save = False
-    config.logging.every_steps = 2
-    config.logging.tensorboard = True
-    for key, value in overrides.items():
-        target = config
-        *path, last = key.split(".")
-        for p in path:
-            target = target[p]
-        target[last] = value
-    return config
 
 
 def final_params(workdir):
@@ -73,7 +48,7 @@ def test_end_to_end(tmp_path):
     assert [r["epoch"] for r in train] == pytest.approx(
         [r["step"] / STEPS_PER_EPOCH for r in train]
     )
-    # alpha_sgd follows PAPER.md's formula at the logged step (schedule read before update).
+    # alpha_sgd follows docs/recipe.md's formula at the logged step (schedule read before update).
     e = 1 / STEPS_PER_EPOCH  # step 2's update used step 1 -> epoch 1/22
     assert train[0]["alpha_sgd"] == pytest.approx(0.5 * np.exp(2 * (e - 0.2) / 0.2), rel=1e-5)
     assert any(r["kind"] == "eval" for r in records)

@@ -10,7 +10,7 @@ Hardware: one GPU, or 8 simulated CPU devices (160 images per device).
 Recipe: momentum 0.9, eta = 0.1 x 1280 / 256 = 0.5 reached by a linear warm-up over 5 epochs,
 x0.1 at epochs 30 / 60 / 80 of 90, weight decay 1e-4 not on BN and biases, BN per device (160
 images) with moving averages for evaluation (as Goyal et al.), float32 all-reduce.
-Expected: quick preset (reduced: ResNet-8, 16 px, 24 epochs) measured in README's
+Expected: quick preset (reduced: ResNet-8, 16 px, 24 epochs) measured in docs/results.md's
 large-batch section; full preset not measured here.
 """
 

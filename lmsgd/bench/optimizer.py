@@ -3,7 +3,7 @@
 For a model's parameter shapes (default ResNet-50, 25,557,032 float32 values), times one
 jitted update (``tx.update`` + ``optax.apply_updates``, parameters and state donated) of:
 
-* ``rmsprop_warmup``: lmsgd's fused transformation (PAPER.md s.1) as the optimizer factory
+* ``rmsprop_warmup``: lmsgd's fused transformation (docs/recipe.md s.1) as the optimizer factory
   builds it; also with its default ``saturate=True`` and compiled with the eta = 0 limit;
 * ``stock_rmsprop_warmup``: the same update composed from stock optax parts
   (``scale_by_schedule``, ``scale_by_rms``, ``trace``, ``scale_by_learning_rate``; the only
@@ -154,7 +154,7 @@ def optimizers(steps_per_epoch: float = 1.0) -> dict[str, Any]:
     }
 
 
-# The paper's L2 weight decay (PAPER.md s.4), on kernels only as multi_dim_mask selects.
+# The paper's L2 weight decay (docs/recipe.md s.4), on kernels only as multi_dim_mask selects.
 WEIGHT_DECAY = 1e-4
 # Pairs compared in the summary: ours, its stock-optax equivalent.
 PAIRS = {"": ("rmsprop_warmup", "stock_rmsprop_warmup"),

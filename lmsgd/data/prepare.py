@@ -1,7 +1,7 @@
 """`python -m lmsgd.data.prepare cifar10`: unpack the shared CIFAR-10 JPEG folders once.
 
 The archive (`cifar10-jpeg.tar.gz`, train/<class>/*.jpg and test/<class>/*.jpg) is looked up
-in $LMSGD_SHARED_DATA (default: ../shared/data next to the repository) and unpacked into
+in the folder $LMSGD_SHARED_DATA names (default: $LMSGD_CACHE_DIR/archives) and unpacked into
 $LMSGD_CACHE_DIR (default ~/.cache/lmsgd), never into the repository. Prints the root to pass
 as `--config.data.data_dir`.
 """
@@ -13,16 +13,18 @@ import pathlib
 import sys
 import tarfile
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 ARCHIVE = "cifar10-jpeg.tar.gz"
 
 
-def shared_data_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("LMSGD_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
-
-
 def cache_dir() -> pathlib.Path:
+    """Where lmsgd unpacks data: $LMSGD_CACHE_DIR, default ~/.cache/lmsgd."""
     return pathlib.Path(os.environ.get("LMSGD_CACHE_DIR", pathlib.Path.home() / ".cache" / "lmsgd"))
+
+
+def shared_data_dir() -> pathlib.Path:
+    """The folder holding dataset archives (cifar10-jpeg.tar.gz): $LMSGD_SHARED_DATA, default
+    $LMSGD_CACHE_DIR/archives (a team's shared disk is the usual setting)."""
+    return pathlib.Path(os.environ.get("LMSGD_SHARED_DATA", cache_dir() / "archives"))
 
 
 def cifar10_root(archive: str | os.PathLike | None = None) -> pathlib.Path:

@@ -233,7 +233,7 @@ def breaks(cells: Sequence[dict[str, Any] | None], labels: Sequence[str]) -> str
 
 
 def sweep_markdown(sweep, records: Sequence[dict[str, Any]], total: int) -> str:
-    """The sweep's tables (generated; README includes them verbatim)."""
+    """The sweep's tables (generated; docs/results.md includes them verbatim)."""
     from lmsgd.experiments.presets import RECIPES as recipes
     from lmsgd.experiments.sweep import is_final
 

@@ -2,7 +2,8 @@
 
     python -m lmsgd.experiments.large_batch --preset sweep --results_dir results/sweep [--commit]
     python -m lmsgd.experiments.sweep --results_dir results/sweep [--dry_run] [--commit]
-    python -m lmsgd.experiments.sweep --results_dir results/sweep --report_only [--readme README.md]
+    python -m lmsgd.experiments.sweep --results_dir results/sweep --report_only \
+        [--readme docs/results.md]
 
 Two figures of one sweep (`SWEEPS`), each point run with every seed:
 
@@ -21,7 +22,7 @@ between), then seed 1. Each finished run is one small JSON file `<results_dir>/r
 (`--commit` also commits it to git); training workdirs go to `<results_dir>/work/` (not
 committed). Rerunning the same command reuses every run with a record (ok or diverged),
 resumes an unfinished workdir from its checkpoint and runs the rest. `results.md` and the two
-figures are regenerated after every run; `--readme` puts the table into README's section
+figures are regenerated after every run; `--readme` puts the table into the results page's section
 between the `sweep-table` markers and lists the runs it was made from in `readme_runs.json`.
 """
 

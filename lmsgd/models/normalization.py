@@ -1,4 +1,4 @@
-"""Batch normalization that trains on batch statistics only (Akiba et al. 2017, PAPER.md s.3).
+"""Batch normalization that trains on batch statistics only (Akiba et al. 2017, docs/recipe.md s.3).
 
 Flax's `nn.BatchNorm` couples training to exponential moving averages and, under plain `jit`
 with a sharded batch, silently pools over the global batch. `BatchStatsNorm` makes the span of
@@ -11,7 +11,7 @@ the statistics explicit and keeps, by default, no moving averages at all:
   the train step can pool them exactly over all workers and evaluation can use them;
 * evaluation normalizes with the recorded (pooled) statistics;
 * `mode="moving_average"` additionally keeps classic EMAs (`ema_mean`, `ema_var`), which then
-  drive evaluation: the ablation of PAPER.md s.3.
+  drive evaluation: the ablation of docs/recipe.md s.3.
 
 Pooling is exact: the union of equally sized sets has mean = mean of means and
 var = mean of variances + variance of means (`pool_statistics`).

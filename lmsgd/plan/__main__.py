@@ -77,6 +77,14 @@ if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Stale libtpu lock files would otherwise fail the next planner process.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    from lmsgd.config_files import resolve_argv
+    from lmsgd.errors import ConfigError
+
+    try:  # `--config default` names a shipped config, as for lmsgd.train
+        sys.argv = resolve_argv(sys.argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     # The planner compiles for GPUs and TPUs without owning them (deviceless topologies):
     # nothing here runs on a local accelerator, so JAX need not start one (an installed CUDA
     # plugin on a GPU-less host would otherwise fail to initialise, and deviceless XLA:GPU
