@@ -8,7 +8,8 @@ order as the backward pass produces them: ResNet-50 on gpu:h100:8x16 at 32 image
 (XLA:GPU's own schedule, `python -m lmsgd.plan`) then issues 84% of the gradient bytes before
 the last backward convolution, in 12 all-reduces (64 MiB: 7 all-reduces, 0% in flight during
 the backward pass). The latency-hiding scheduler makes them asynchronous and moves compute
-between each start and done. Triton GEMMs off: cuBLAS/cuDNN are faster for convnet shapes.
+between each start and done. Triton GEMMs off: a convnet's GEMMs go to cuBLAS/cuDNN (a common
+setting for convnets on XLA:GPU; not measured here, no GPU has been available).
 """
 
 from __future__ import annotations
