@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -98,6 +99,42 @@ def _drain_pending_writes_on_failure() -> None:
     asyncio_utils._run_sync_via_new_loop = run_sync_via_new_loop
 
 
+_ORBAX_SOURCE = f"{os.sep}orbax{os.sep}checkpoint{os.sep}"
+
+
+def logged_by_orbax(record: logging.LogRecord) -> bool:
+    """Whether orbax emitted `record`. absl's logger names its own module as the record's
+    path, so the caller is found on the stack (a logging filter runs in the caller's frame)."""
+    if _ORBAX_SOURCE in (record.pathname or ""):
+        return True
+    frame = sys._getframe(1)
+    for _ in range(20):  # logging + absl add fewer than 20 frames above the caller
+        if frame is None:
+            return False
+        if _ORBAX_SOURCE in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
+
+
+class _OrbaxReRaisedTracebacks(logging.Filter):
+    """Drops orbax's own log of an exception it raises on to us (`logging.exception` in its
+    writer threads and in `wait_until_finished`): the caller reports that exception once, as
+    one line (a full disk: `DiskFullError`). Without it one failed save prints a traceback per
+    thread. Kept under LMSGD_DEBUG=1."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info or os.environ.get("LMSGD_DEBUG"):
+            return True
+        return not logged_by_orbax(record)
+
+
+def _quiet_orbax_reraised_tracebacks() -> None:
+    absl_logger = logging.getLogger("absl")  # orbax logs through absl.logging
+    if not any(isinstance(f, _OrbaxReRaisedTracebacks) for f in absl_logger.filters):
+        absl_logger.addFilter(_OrbaxReRaisedTracebacks())
+
+
 class Checkpointer:
     """Saves and restores `TrainState`s in `<workdir>/checkpoints`.
 
@@ -112,6 +149,7 @@ class Checkpointer:
 
     def __init__(self, workdir: str, *, every_steps: int, keep: int, async_save: bool):
         _drain_pending_writes_on_failure()
+        _quiet_orbax_reraised_tracebacks()
         self._in_flight = False  # a save started and not yet waited for
         self._closed = False
         self.directory = os.path.join(os.path.abspath(workdir) if "://" not in workdir

@@ -143,7 +143,9 @@ def _parse(
 
 
 def _orbax_filter(record: logging.LogRecord) -> bool:
-    if "orbax" not in record.pathname:
+    from lmsgd.checkpointing import logged_by_orbax
+
+    if not logged_by_orbax(record):
         return True
     if record.levelno >= logging.ERROR and not _debug(sys.argv):
         # Its background threads log the error we report in one line with a traceback each.

@@ -121,9 +121,17 @@ def test_a_cpu_run_prints_its_lines_and_no_start_up_noise(tmp_path):
     assert run.returncode == 0, "\n".join(lines[-30:])
     assert not [line for line in lines if NOISE.search(line)], "\n".join(lines)
     kinds = [line.split(" ")[1] for line in lines[:-1]]  # after the time stamp
-    assert kinds == ["cifar_resnet8:", "step", "step", "eval", "step", "step", "eval", "done:"], (
-        "\n".join(lines)
-    )
+    assert kinds == [
+        "cifar_resnet8:",
+        "step",
+        "step",
+        "eval",
+        "step",
+        "step",
+        "eval",
+        "done:",
+        "time:",
+    ], "\n".join(lines)
     assert lines[-1].startswith('{"step": 8,')  # the result, one line of JSON for scripts
 
     # A script importing lmsgd, and a refused resume, stay as quiet.

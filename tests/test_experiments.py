@@ -10,7 +10,9 @@ from lmsgd.experiments import large_batch as lb
 from lmsgd.optim import scale_epochs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-RECIPE_FILES = sorted((REPO / "configs" / "cifar10_large_batch").glob("*.py"))
+RECIPE_FILES = sorted(
+    p for p in (REPO / "configs" / "cifar10_large_batch").glob("*.py") if p.name != "__init__.py"
+)
 
 
 def test_every_recipe_has_a_config_file_and_nothing_else_is_there():

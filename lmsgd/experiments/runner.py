@@ -281,7 +281,10 @@ def execute(run: Run, *, echo=print) -> dict[str, Any]:
     record_path = run.workdir / "experiment_run.json"
     if summary_path.exists():
         done = json.loads(summary_path.read_text())
-        if done.get("config") != config_dict(run.config):
+        wanted = config_dict(run.config)
+        if wanted.get("accumulation_steps") is None:  # derived by the driver: as it recorded
+            wanted["accumulation_steps"] = (done.get("config") or {}).get("accumulation_steps")
+        if done.get("config") != wanted:
             raise SystemExit(
                 f"large_batch: {run.workdir} holds a finished run of another config; "
                 "choose a new --results_dir or delete that folder"
