@@ -18,6 +18,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="lmsgd_jax_cache_")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# lmsgd before jax (tests/helpers.py imports jax): its quiet start-up (lmsgd/_quiet.py) keeps
+# an installed CUDA plugin from logging on a machine without a GPU.
+__import__("lmsgd")
 
 import pathlib  # noqa: E402
 
