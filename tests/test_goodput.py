@@ -52,16 +52,19 @@ def test_process_start_time_is_when_the_interpreter_started():
 
 def test_run_summary_accounts_for_the_wall_time(tmp_path, caplog):
     config = tiny_config(**{"checkpoint.async_save": True})
-    t0 = time.monotonic()
+    t0, t0_epoch = time.monotonic(), time.time()
     with caplog.at_level(logging.INFO, logger="lmsgd"):
         summary = train_and_evaluate(config, str(tmp_path))
     wall = time.monotonic() - t0  # the test's own clock
     g = summary["goodput"]
     parts = g["parts_s"]
     assert set(parts) == set(goodput.PARTS)
-    # The account ends when summary.json is written: the exit after it (closing the writers,
-    # the lock) is outside, which on 2 loaded cores was up to ~12% of this tiny run.
-    assert 0.8 * wall <= g["wall_s"] <= wall
+    # The account runs from the call until summary.json is written (the file's own clock);
+    # the exit after it (closing writers, the input pipeline, the lock) is outside, and its
+    # length depends on the machine's load, so it is not bounded here.
+    assert g["wall_s"] <= wall
+    written_at = (tmp_path / "summary.json").stat().st_mtime - t0_epoch
+    assert g["wall_s"] == pytest.approx(written_at, abs=1.0)
     assert sum(parts.values()) == pytest.approx(g["wall_s"], rel=0.02, abs=0.3)
     assert abs(g["unaccounted_s"]) < max(0.3, 0.02 * g["wall_s"])
     # Each part is measured in this run: all non-zero but imports (a library call).
