@@ -9,6 +9,7 @@ and renames it when complete, so a run killed mid-save leaves the previous one r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -164,6 +165,18 @@ class Checkpointer:
             self.directory, options=options, item_names=("state", "meta")
         )
 
+    @contextlib.contextmanager
+    def _disk_full_as_error(self):
+        """A full disk (or file-size limit) under the checkpoint folder raised as DiskFullError;
+        tensorstore reports it as a ValueError, the OS as an OSError."""
+        try:
+            yield
+        except (OSError, ValueError) as e:
+            full = as_disk_full(e, self.directory)
+            if full is None:
+                raise
+            raise full from e
+
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
@@ -181,7 +194,7 @@ class Checkpointer:
             "config_fingerprint": config_fingerprint(config),
             "state_fingerprint": state_fingerprint(state),
         }
-        try:
+        with self._disk_full_as_error():
             started = self._manager.save(
                 int(step),
                 args=ocp.args.Composite(
@@ -191,11 +204,6 @@ class Checkpointer:
             )
             self._in_flight = self._in_flight or started
             return started
-        except (OSError, ValueError) as e:  # tensorstore reports a full disk as ValueError
-            full = as_disk_full(e, self.directory)
-            if full is None:
-                raise
-            raise full from e
 
     def restore(self, state_template: Any, config: Mapping[str, Any], step: int | None = None):
         """Restores the given (default: latest) checkpoint into the template's shardings.
@@ -236,18 +244,13 @@ class Checkpointer:
         """Raises the error of a finished background save (DiskFullError for a full disk)
         without waiting for the pending one: a failed save stops the run at the next step
         boundary, not at the next save's `wait` hundreds of steps later."""
-        try:
+        with self._disk_full_as_error():
             self._manager.check_for_errors()
             # orbax raises a failed commit only from `wait_until_finished`; once the save is
             # no longer in progress that returns at once, with its error if it failed.
             if self._in_flight and not self._manager.is_saving_in_progress():
                 self._in_flight = False
                 self._manager.wait_until_finished()
-        except (OSError, ValueError) as e:
-            full = as_disk_full(e, self.directory)
-            if full is None:
-                raise
-            raise full from e
 
     def reached_preemption(self, step: int) -> bool:
         """True on every process once any was told to stop (multi-process runs)."""
@@ -257,14 +260,9 @@ class Checkpointer:
         """Blocks until pending saves are committed (raises their errors)."""
         if self._closed:  # closing waited already
             return
-        try:
+        with self._disk_full_as_error():
             self._in_flight = False
             self._manager.wait_until_finished()
-        except (OSError, ValueError) as e:
-            full = as_disk_full(e, self.directory)
-            if full is None:
-                raise
-            raise full from e
 
     def close(self) -> None:
         """Closes the manager (joins its threads); a second call does nothing."""

@@ -133,7 +133,33 @@ def _bar(fraction: float) -> str:
     return "[" + "#" * filled + "." * (BAR_WIDTH - filled) + "]"
 
 
-class ConsoleWriter(metric_writers.MetricWriter):
+class ScalarsOnlyWriter(metric_writers.MetricWriter):
+    """A clu writer that takes scalars only: every other kind of summary is ignored.
+    (clu's MetricWriter makes all of them abstract.)"""
+
+    def write_summaries(self, step, values, metadata=None) -> None:
+        pass
+
+    def write_images(self, step, images) -> None:
+        pass
+
+    def write_videos(self, step, videos) -> None:
+        pass
+
+    def write_audios(self, step, audios, *, sample_rate) -> None:
+        pass
+
+    def write_texts(self, step, texts) -> None:
+        pass
+
+    def write_histograms(self, step, arrays, num_buckets=None) -> None:
+        pass
+
+    def write_hparams(self, hparams) -> None:
+        pass
+
+
+class ConsoleWriter(ScalarsOnlyWriter):
     """The console's writer (see the module docstring).
 
     Args:
@@ -186,27 +212,6 @@ class ConsoleWriter(metric_writers.MetricWriter):
         if evals:
             # On a terminal the bar's line stays: one training line per evaluation period.
             self._emit(eval_line(step, evals, step / self.steps_per_epoch))
-
-    def write_summaries(self, step, values, metadata=None) -> None:
-        pass
-
-    def write_images(self, step, images) -> None:
-        pass
-
-    def write_videos(self, step, videos) -> None:
-        pass
-
-    def write_audios(self, step, audios, *, sample_rate) -> None:
-        pass
-
-    def write_texts(self, step, texts) -> None:
-        pass
-
-    def write_histograms(self, step, arrays, num_buckets=None) -> None:
-        pass
-
-    def write_hparams(self, hparams) -> None:
-        pass
 
     def flush(self) -> None:
         self._stream.flush()

@@ -22,7 +22,7 @@ import jax
 from clu import metric_writers
 from etils import epath
 
-from lmsgd.console import ConsoleWriter
+from lmsgd.console import ConsoleWriter, ScalarsOnlyWriter
 from lmsgd.console import format_duration as format_duration
 from lmsgd.workdir import is_remote, write_text
 
@@ -36,7 +36,7 @@ def _clean(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-class JsonlWriter(metric_writers.MetricWriter):
+class JsonlWriter(ScalarsOnlyWriter):
     """Appends scalars to a JSON-lines file, one record per (step, kind).
 
     clu ships no JSON-lines writer; this is the one metric sink written by hand. A name
@@ -71,27 +71,6 @@ class JsonlWriter(metric_writers.MetricWriter):
             records[kind or "progress"][key] = _clean(value)
         for kind, values in records.items():
             self._write_line(json.dumps({"step": int(step), "kind": kind, **values}) + "\n")
-
-    def write_summaries(self, step, values, metadata=None) -> None:
-        pass
-
-    def write_images(self, step, images) -> None:
-        pass
-
-    def write_videos(self, step, videos) -> None:
-        pass
-
-    def write_audios(self, step, audios, *, sample_rate) -> None:
-        pass
-
-    def write_texts(self, step, texts) -> None:
-        pass
-
-    def write_histograms(self, step, arrays, num_buckets=None) -> None:
-        pass
-
-    def write_hparams(self, hparams) -> None:
-        pass
 
     def flush(self) -> None:
         if self._file is not None:

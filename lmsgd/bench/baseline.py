@@ -116,7 +116,7 @@ def create_baseline_model(
     )
 
 
-def create_baseline_state(model, tx, rng, image_shape, mesh: Mesh) -> TrainState:
+def _baseline_init(model, tx, rng, image_shape):
     def init():
         variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
         return TrainState(
@@ -125,6 +125,12 @@ def create_baseline_state(model, tx, rng, image_shape, mesh: Mesh) -> TrainState
             batch_stats=variables["batch_stats"],
             opt_state=tx.init(variables["params"]),
         )
+
+    return init
+
+
+def create_baseline_state(model, tx, rng, image_shape, mesh: Mesh) -> TrainState:
+    init = _baseline_init(model, tx, rng, image_shape)
 
     return jax.jit(init, out_shardings=replicated(mesh))()
 
@@ -181,15 +187,7 @@ def make_baseline_train_step(
 def abstract_baseline_state(model, tx, rng, image_shape, mesh: Mesh) -> TrainState:
     """`create_baseline_state` as `jax.ShapeDtypeStruct`s (nothing allocated: the mesh's
     devices may be a deviceless TPU / GPU topology)."""
-
-    def init():
-        variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=variables["params"],
-            batch_stats=variables["batch_stats"],
-            opt_state=tx.init(variables["params"]),
-        )
+    init = _baseline_init(model, tx, rng, image_shape)
 
     rep = replicated(mesh)
     return jax.tree.map(
