@@ -95,29 +95,33 @@ def _stderr_without(noise: re.Pattern):
 
 
 def _load_jax_and_plugins() -> None:
+    """Imports jax and loads each installed CUDA plugin's PJRT library now, so that the C++
+    lines its loading prints fall inside the caller's capture. JAX registers the plugin later
+    (at its first backend) from the same file; the dynamic loader hands back the library
+    already loaded, and nothing is printed again. (JAX's own plugin discovery is private.)"""
+    import ctypes
+    import pathlib
+
     import jax  # noqa: F401
 
-    try:  # registers the PJRT plugins now (once; JAX would do it at its first backend)
-        from jax._src import xla_bridge
-
-        xla_bridge._discover_and_register_pjrt_plugins()
-    except Exception:  # a private name moved: the plugin's lines come at the first backend
-        pass
+    spec = importlib.util.find_spec("jax_plugins")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        for library in sorted(pathlib.Path(folder).glob("xla_cuda*/*.so")):
+            try:
+                ctypes.CDLL(str(library))
+            except OSError:  # a broken install: JAX reports it at registration, unfiltered
+                pass
 
 
 def _tell_jax_if_imported() -> None:
     """A script that imported jax before lmsgd read JAX_PLATFORMS already: set the option
-    itself, while JAX has created no backend (afterwards it is too late, and harmless)."""
-    if "jax" not in sys.modules:
+    itself. Before JAX's first backend this decides the platform; afterwards it changes
+    nothing (JAX keeps the backends it made), so it is always safe to set."""
+    jax = sys.modules.get("jax")
+    if jax is None or not hasattr(jax, "config"):
         return
-    try:
-        import jax
-        from jax._src import xla_bridge
-
-        if not xla_bridge._backends and not jax.config.jax_platforms:
-            jax.config.update("jax_platforms", "cpu")
-    except Exception:  # a private name moved: the environment variable still covers new runs
-        pass
+    if not jax.config.jax_platforms:
+        jax.config.update("jax_platforms", "cpu")
 
 
 class _QuietImport(importlib.abc.MetaPathFinder):

@@ -33,12 +33,6 @@ ALGORITHMS = ("flat", "hierarchical", "two_dimensional")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 DEFAULT_PREDIVIDE_EXPONENT = 0.5
 
-try:  # Varying -> invariant all-gather; public in newer jax, private in 0.10.
-    _all_gather_invariant = jax.lax.all_gather_invariant  # type: ignore[attr-defined]
-except AttributeError:  # pragma: no cover - depends on the jax version
-    from jax._src.lax.parallel import all_gather_invariant as _all_gather_invariant
-
-
 def _axis_size(axes: tuple[str, ...]) -> int:
     size = 1
     for a in axes:
@@ -119,7 +113,7 @@ def _two_dimensional(x: jax.Array, host_axis: str, local_axis: str, between) -> 
     flat = jnp.pad(flat, (0, pad))
     shard = jax.lax.psum_scatter(flat, local_axis, scatter_dimension=0, tiled=True)
     shard = jax.lax.psum(between(shard), host_axis)
-    full = _all_gather_invariant(shard, local_axis, axis=0, tiled=True)
+    full = jax.lax.all_gather(shard, local_axis, axis=0, tiled=True, to="invarying")
     return full[: flat.size - pad].reshape(shape)
 
 
