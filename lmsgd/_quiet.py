@@ -107,10 +107,9 @@ def _load_jax_and_plugins() -> None:
     spec = importlib.util.find_spec("jax_plugins")
     for folder in (spec.submodule_search_locations or []) if spec else []:
         for library in sorted(pathlib.Path(folder).glob("xla_cuda*/*.so")):
-            try:
+            # A broken install raises again at JAX's registration, unfiltered.
+            with contextlib.suppress(OSError):
                 ctypes.CDLL(str(library))
-            except OSError:  # a broken install: JAX reports it at registration, unfiltered
-                pass
 
 
 def _tell_jax_if_imported() -> None:

@@ -7,6 +7,7 @@ cheap.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
 import json
@@ -46,10 +47,9 @@ def setup_devices(requested: int | None) -> list:
     """
     import jax
 
-    try:
+    # JAX refuses the setting once its backends are up: then use what is there.
+    with contextlib.suppress(RuntimeError):
         jax.config.update("jax_num_cpu_devices", max(requested or DEFAULT_CPU_DEVICES, 1))
-    except RuntimeError:  # JAX refuses once its backends are up: use what is there
-        pass
     devices = jax.devices()
     if requested is None:
         return list(devices)
@@ -209,7 +209,7 @@ def _jsonable(x: Any) -> Any:
 def new_record(suite: str, devices: Sequence[Any] | None, config: dict[str, Any]) -> dict:
     return {
         "suite": suite,
-        "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "time_utc": datetime.datetime.now(datetime.UTC).isoformat(),
         "hardware": hardware(devices),
         "versions": versions(),
         "config": config,

@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     record = {
         "suite": "input",
-        "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "time_utc": datetime.datetime.now(datetime.UTC).isoformat(),
         "hardware": common.hardware(),
         "versions": common.versions(("tensorflow", "tensorflow-datasets")),
         "config": {

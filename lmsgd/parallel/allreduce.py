@@ -33,6 +33,7 @@ ALGORITHMS = ("flat", "hierarchical", "two_dimensional")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 DEFAULT_PREDIVIDE_EXPONENT = 0.5
 
+
 def _axis_size(axes: tuple[str, ...]) -> int:
     size = 1
     for a in axes:
