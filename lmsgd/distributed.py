@@ -5,9 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import urllib.error
+import urllib.request
 import uuid
 
 import jax
+
+from lmsgd._quiet import accelerator_present
 
 log = logging.getLogger(__name__)
 
@@ -17,39 +21,159 @@ NUM_PROCESSES_ENV = "JAX_NUM_PROCESSES"
 PROCESS_ID_ENV = "JAX_PROCESS_ID"
 
 
-def _jax_cluster_environments() -> list[type]:
-    """JAX's own cluster environments, in the order `jax.distributed.initialize()` probes them.
+# Where JAX's own detection looks, read here from the same public signals (see `detected_cluster`).
+SLURM_STEP_ENV = (
+    "SLURM_JOB_ID",
+    "SLURM_STEP_NODELIST",
+    "SLURM_NTASKS",
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+)
+OMPI_ORTE_URI_ENV = "OMPI_MCA_orte_hnp_uri"  # set by mpirun/mpiexec of Open MPI < 5 (ORTE)
+OMPI_WORLD_SIZE_ENV = "OMPI_COMM_WORLD_SIZE"
+GKE_WORKERS_ENV = ("TPU_PROCESS_ADDRESSES", "TPU_WORKER_HOSTNAMES")  # the first one set counts
+TPU_DEVICE_FILES = ("/dev/accel[0-9]*", "/dev/vfio/[0-9]*")
+METADATA_URL = "http://{host}/computeMetadata/v1/instance/attributes/{key}"
+METADATA_TIMEOUT_S = 3.0
 
-    Private API (`jax._src.clusters.ClusterEnv`, checked against jax 0.10.2), used here and
-    nowhere else: JAX has no public "which cluster is this" query, and deciding with JAX's
-    own probes means the decision matches what `initialize()` then does (SLURM under srun,
-    Open MPI, Cloud TPU VMs through the metadata server, GKE TPU pods, Kubernetes) instead
-    of a copy that drifts (the copy this replaced saw TPU VM pods only through the GKE
-    variable TPU_WORKER_HOSTNAMES and never initialized on `launch/tpu_pod.sh` slices).
-    Opt-in-only environments (mpi4py) are skipped, as `initialize()` skips them by default.
+
+def _tpu_present() -> bool:
+    """Whether this machine shows a TPU device file (what JAX's "running in a Cloud TPU VM"
+    flag comes down to; its own check reads the PCI ids of the same chips)."""
+    return accelerator_present(TPU_DEVICE_FILES)
+
+
+def _metadata(key: str) -> str | None:
+    """One instance attribute from the GCE metadata server; None where it has no such key.
+
+    One try with a short timeout (JAX's own query retries for seconds): raises OSError when
+    the server cannot be reached or answers anything but 200 or 404. Proxies are bypassed:
+    the server is link-local. `GCE_METADATA_IP` overrides the host, as it does for JAX.
     """
-    from jax._src import clusters
+    host = os.environ.get("GCE_METADATA_IP", "metadata.google.internal")
+    request = urllib.request.Request(
+        METADATA_URL.format(host=host, key=key), headers={"Metadata-Flavor": "Google"}
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=METADATA_TIMEOUT_S) as response:
+            return response.read().decode()
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return None
+        raise
 
-    return [env for env in clusters.ClusterEnv._cluster_types if not env.opt_in_only_method]
+
+def _int_env(name: str) -> int | None:
+    try:
+        return int(os.environ[name])
+    except (KeyError, ValueError):
+        return None
+
+
+def _tpu_slices() -> int | None:
+    """MEGASCALE_NUM_SLICES (a multislice job), from the environment or the metadata's
+    `tpu-env`, as JAX reads it; 1 where neither names it, None where it cannot be read."""
+    value = os.environ.get("MEGASCALE_NUM_SLICES")
+    if value is None:
+        try:
+            tpu_env = _metadata("tpu-env") or ""
+        except OSError as e:
+            log.warning("cannot read the TPU metadata (tpu-env): %r", e)
+            return None
+        for line in tpu_env.splitlines():  # lines like MEGASCALE_NUM_SLICES: '2'
+            name, _, rest = line.partition(":")
+            if name.strip() == "MEGASCALE_NUM_SLICES":
+                value = rest.strip().strip("'")
+    try:
+        return int(value) if value else 1
+    except ValueError:
+        return None
+
+
+def _gce_tpu_workers() -> int | None:
+    """Workers in this TPU VM slice (`worker-network-endpoints`: one entry per host, either
+    a hostname or a name:id:ip triple), or None where the list cannot be read."""
+    try:
+        endpoints = _metadata("worker-network-endpoints")
+    except OSError as e:
+        log.warning("cannot read the TPU metadata (worker-network-endpoints): %r", e)
+        return None
+    if endpoints is None:
+        log.warning("the TPU metadata has no worker-network-endpoints")
+        return None
+    workers = endpoints.split(",")
+    if any(len(w.split(":")) not in (1, 3) for w in workers):
+        log.warning("unsupported worker-network-endpoints format: %r", endpoints)
+        return None
+    return len(workers)
+
+
+def _times(workers: int | None, slices: int | None) -> int | None:
+    return None if workers is None or slices is None else workers * slices
+
+
+def _is_gce_tpu_vm() -> bool:
+    """A Cloud TPU VM whose metadata names this worker (`agent-worker-number`), as JAX's
+    GceTpuCluster asks. TPU_SKIP_MDS_QUERY (set by JAX's start-up on a machine without TPU
+    chips, or by the user) skips the query, as it does for JAX."""
+    if os.environ.get("TPU_SKIP_MDS_QUERY") is not None:
+        return False
+    try:
+        return _metadata("agent-worker-number") is not None
+    except OSError as e:
+        log.info("TPU device present but the GCE metadata server is not reachable: %r", e)
+        return False
 
 
 def detected_cluster() -> tuple[str, int | None] | None:
-    """The first cluster environment JAX recognizes, with its process count, or None.
+    """The cluster environment `jax.distributed.initialize()` would detect, with its process
+    count, or None.
+
+    Read from public signals only, the same ones JAX's cluster probes read, in JAX's order:
+
+    - 'OmpiCluster': Open MPI's `mpirun` (OMPI_MCA_orte_hnp_uri; the count is
+      OMPI_COMM_WORLD_SIZE). Open MPI 5 has no such variable: JAX handles it only in newer
+      versions and only through mpi4py, so it is not detected here (a warning says so).
+    - 'SlurmCluster': an `srun` step (SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_NTASKS,
+      SLURM_PROCID and SLURM_LOCALID all set; the count is SLURM_NTASKS). A batch script
+      outside `srun` has no step variables and is not detected.
+    - 'GkeTpuCluster': a TPU machine with TPU_PROCESS_ADDRESSES or TPU_WORKER_HOSTNAMES (GKE
+      sets them; the count is the list's length times the number of slices).
+    - 'GceTpuCluster': a TPU machine whose GCE metadata server answers `agent-worker-number`
+      (a Cloud TPU VM, e.g. from `launch/tpu_pod.sh`; the count is the length of
+      `worker-network-endpoints` times the number of slices). The server is asked only where
+      a TPU device file exists, once per key, with a short timeout.
+
+    Anything else (Kubernetes without the explicit variables, mpi4py) is not detected.
 
     Returns:
-      `(name, processes)`: `name` is JAX's class name (e.g. 'SlurmCluster', 'GceTpuCluster',
-      'GkeTpuCluster'); `processes` is what JAX would pass as `num_processes`, or None
-      where JAX recognizes the environment but cannot count its processes (then
-      `jax.distributed.initialize()` would fail the same way). On a Cloud TPU VM both
-      queries read the metadata server (JAX's code, with its retries).
+      `(name, processes)`: `name` is the name of JAX's cluster class; `processes` is what
+      JAX would pass as `num_processes`, or None where it cannot be read here (then
+      `jax.distributed.initialize()` would most likely fail on it too; a warning says why).
+
+    JAX's own probes (`jax._src.clusters`) are not used: they are private, their names and
+    behaviour moved between JAX versions, and lmsgd imports no private module.
+    tests/test_distributed.py checks this against them on the same faked environments.
     """
-    for env in _jax_cluster_environments():
-        if env.is_env_present():
-            try:
-                return env.__name__, int(env.get_process_count())
-            except Exception as e:  # noqa: BLE001 - any failure of JAX's probe means "unknown"
-                log.warning("%s detected but its process count is unknown: %r", env.__name__, e)
-                return env.__name__, None
+    if os.environ.get(OMPI_ORTE_URI_ENV) is not None:
+        return "OmpiCluster", _int_env(OMPI_WORLD_SIZE_ENV)
+    if (_int_env(OMPI_WORLD_SIZE_ENV) or 0) > 1:
+        log.warning(
+            "Open MPI 5 launch with %s processes is not initialized automatically: set "
+            "JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID, or distributed: true "
+            "with a JAX that detects Open MPI 5 (through mpi4py)",
+            os.environ[OMPI_WORLD_SIZE_ENV],
+        )
+    if all(name in os.environ for name in SLURM_STEP_ENV):
+        return "SlurmCluster", _int_env("SLURM_NTASKS")
+    if not _tpu_present():
+        return None
+    gke_workers = next((os.environ[v] for v in GKE_WORKERS_ENV if v in os.environ), None)
+    if gke_workers is not None:
+        return "GkeTpuCluster", _times(len(gke_workers.split(",")), _tpu_slices())
+    if _is_gce_tpu_vm():
+        return "GceTpuCluster", _times(_gce_tpu_workers(), _tpu_slices())
     return None
 
 
@@ -57,11 +181,11 @@ def detected_multiprocess_environment() -> str | None:
     """Names the multi-process environment this process runs in, or None.
 
     Explicit `JAX_COORDINATOR_ADDRESS` first (whatever `JAX_NUM_PROCESSES` says: the user
-    asked); otherwise an environment JAX itself recognizes *and* counts more than one
-    process in. A single-task SLURM job, a single-host TPU VM (v4-8, v5p-8) or an
-    environment whose process count JAX cannot read is not multi-process: `auto` does not
-    initialize there (`jax.distributed.initialize()` would have nothing to coordinate, or
-    would fail on the same missing count).
+    asked); otherwise an environment JAX would recognize (`detected_cluster`) *and* that
+    counts more than one process. A single-task SLURM job, a single-host TPU VM (v4-8,
+    v5p-8) or an environment whose process count cannot be read is not multi-process: `auto`
+    does not initialize there (`jax.distributed.initialize()` would have nothing to
+    coordinate, or would fail on the same missing count).
     """
     if os.environ.get(COORDINATOR_ENV):
         return "explicit (JAX_COORDINATOR_ADDRESS)"
@@ -69,7 +193,10 @@ def detected_multiprocess_environment() -> str | None:
     if found is None:
         return None
     name, processes = found
-    if processes is None or processes <= 1:
+    if processes is None:
+        log.warning("%s detected but its process count is unknown: not initializing", name)
+        return None
+    if processes <= 1:
         log.info("%s with %s process(es): not initializing jax.distributed", name, processes)
         return None
     return f"{name} ({processes} processes)"
@@ -89,7 +216,7 @@ def maybe_initialize(
 
     With JAX_COORDINATOR_ADDRESS set, it and JAX_NUM_PROCESSES / JAX_PROCESS_ID are passed on
     and JAX's own probing is switched off; otherwise JAX detects SLURM, Cloud TPU and the
-    other clusters by itself, the same way `detected_cluster` just did.
+    other clusters by itself, from the signals `detected_cluster` just read.
 
     `heartbeat_timeout_seconds` (config.heartbeat_timeout_seconds; None: JAX's 100 s): after
     this long without a heartbeat from a process, JAX's coordination service declares it dead
