@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmsgd.parallel import xla_flags
+from lmsgd.parallel import hlo_text, xla_flags
 from lmsgd.plan import gpu as gpu_lib
 from lmsgd.plan import schedule as S
 
@@ -90,6 +90,69 @@ def test_hand_schedule_time_line():
     )
     t = S.simulate(S.parse_schedule(sync), 3.0, {"ard1": 2.0, "ars2": 0.5})
     assert t.step_s == pytest.approx(5.5) and t.overlap == pytest.approx(0.0)
+
+
+# The same schedule as jax 0.11+ prints it: replica groups in the mesh-axes and iota forms,
+# the async all-reduce-start returning ((operands), result), the second all-reduce run as a
+# Triton fusion (fusion-start / fusion-done calling a computation that holds the all-reduce),
+# and /*index=N*/ comments in a tuple.
+HAND_SCHEDULE_NEW_FORM = f"""HloModule m, is_scheduled=true
+
+%add (a: f16[], b: f16[]) -> f16[] {{
+  %a = f16[] parameter(0)
+  %b = f16[] parameter(1)
+  ROOT %s = f16[] add(%a, %b)
+}}
+
+%fused_conv (p0: f32[1,8,8,4], p1: f32[3,3,4,4]) -> f32[1,8,8,4] {{
+  %p0 = f32[1,8,8,4]{{3,2,1,0}} parameter(0)
+  %p1 = f32[3,3,4,4]{{3,2,1,0}} parameter(1)
+  %cv = f32[1,8,8,4]{{3,2,1,0}} convolution(%p0, %p1), {CONV}
+  ROOT %r = f32[1,8,8,4]{{3,2,1,0}} maximum(%cv, %cv)
+}}
+
+%fused_all_reduce (q: f16[3000]) -> f16[3000] {{
+  %q = f16[3000]{{0}} parameter(0)
+  ROOT %ar = f16[3000]{{0}} all-reduce(%q), replica_groups=[1,2]<=[2], to_apply=%add
+}}
+
+ENTRY %main (x: f32[1,8,8,4], w: f32[3,3,4,4], g: f16[1000], h: f16[3000]) -> (f16[1000]) {{
+  %x = f32[1,8,8,4]{{3,2,1,0}} parameter(0)
+  %w = f32[3,3,4,4]{{3,2,1,0}} parameter(1)
+  %g = f16[1000]{{0}} parameter(2)
+  %h = f16[3000]{{0}} parameter(3)
+  %c1 = f32[1,8,8,4]{{3,2,1,0}} convolution(%x, %w), {CONV}
+  %ars1 = ((f16[1000]{{0}}), f16[1000]{{0}}) all-reduce-start(%g), replica_groups=mesh['d'=2] {{'d'}}, to_apply=%add, output_to_operand_aliasing={{{{1}}: (0, {{}})}}, backend_config={{"collective_backend_config":{{"is_sync":false}}}}
+  %c2 = f32[1,8,8,4]{{3,2,1,0}} convolution(%c1, %w), {CONV}
+  %ard1 = f16[1000]{{0}} all-reduce-done(%ars1)
+  %c3 = f32[1,8,8,4]{{3,2,1,0}} fusion(%c2, %w), kind=kOutput, calls=%fused_conv
+  %ars2 = ((f16[3000]{{0}}), f16[3000]{{0}}) fusion-start(%h), kind=kCustom, calls=%fused_all_reduce, backend_config={{"fusion_backend_config":{{"kind":"__triton_collective"}}}}
+  %ard2 = f16[3000]{{0}} fusion-done(%ars2)
+  ROOT %t = (f16[1000]{{0}}, /*index=1*/f16[3000]{{0}}) tuple(%ard1, %ard2)
+}}
+"""  # noqa: E501
+
+
+def test_hand_schedule_reads_the_same_in_the_new_text_form():
+    old, new = S.parse_schedule(HAND_SCHEDULE), S.parse_schedule(HAND_SCHEDULE_NEW_FORM)
+    assert new.flops == old.flops and new.last_compute == old.last_compute
+    fields = [(c.name, c.op, c.dtypes, c.bytes, c.start, c.done, c.is_async)
+              for c in old.collectives]  # fmt: skip
+    assert [(c.name, c.op, c.dtypes, c.bytes, c.start, c.done, c.is_async)
+            for c in new.collectives] == fields  # fmt: skip
+    assert [hlo_text.group_size(c.replica_groups) for c in new.collectives] == [2, 2]
+    ar_old, ar_new = S.select(old, "all-reduce"), S.select(new, "all-reduce")
+    assert S.summary(new, ar_new) == S.summary(old, ar_old)
+    seconds = {"ars1": 2.0, "ars2": 0.5}
+    assert S.simulate(new, 3.0, seconds) == S.simulate(old, 3.0, seconds)
+    # The collectives report: each async pair once, the groups of two in both forms.
+    from lmsgd.parallel import describe_collectives
+
+    def report(text):  # text order puts the fused computation's all-reduce first: sorted
+        return sorted((c.op, c.dtype, c.bytes, c.group_size) for c in describe_collectives(text))
+
+    expect = [("all-reduce", "f16", 2000, 2), ("all-reduce", "f16", 6000, 2)]
+    assert report(HAND_SCHEDULE_NEW_FORM) == report(HAND_SCHEDULE) == expect
 
 
 def _convnet_grad(batch=4, size=8, cin=3, mid=8, classes=5):
@@ -202,6 +265,10 @@ def test_plan_gpu_target_compiles_with_xla_gpu():
     # bfloat16 stays 16-bit on the GPU wire (XLA:CPU would promote it to f32).
     grads = [c for c in p.collectives if c["op"] == "all-reduce" and c["dtype"] == "bf16"]
     assert sum(c["bytes"] for c in grads) == pytest.approx(2 * param_count(cfg), rel=0.01)
+    # One group of all 8 GPUs, whichever form the compiler prints the groups in; the bytes
+    # the schedule reader finds are the same gradients (an async pair counted once).
+    assert {c["group_size"] for c in p.collectives} == {8}
+    assert p.overlap["bytes"] == sum(c["bytes"] for c in grads)
     assert p.overlap["count"] >= 1 and p.overlap["async"] == p.overlap["count"]
     assert p.estimate.overlap_source == "compiled schedule"
     assert xla_flags.GPU_XLA_FLAGS.items() <= p.xla_flags.items()

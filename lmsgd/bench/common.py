@@ -317,7 +317,9 @@ def fusion_traffic(hlo_text: str) -> dict[str, Any]:
     64-element vector occupies an (8, 128) tile) and its own prefetch copies into on-chip
     memory. Returns ``{'fusions', 'outputs_per_fusion' (sorted list), 'bytes'}``.
     """
-    text = re.sub(r"/\*index=\d+\*/", "", hlo_text)
+    from lmsgd.parallel.hlo_text import strip_index_comments
+
+    text = strip_index_comments(hlo_text)
     entry = next((c for c in re.split(r"\n(?=\S)", text) if c.startswith("ENTRY")), "")
     defined: dict[str, str] = {}
     fusions = []

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 from typing import Any
 
 from lmsgd.bench import common
@@ -80,12 +79,13 @@ def _baseline(s, args, mesh, global_batch):
 
 def _figures(compiled, target, hw, mesh, per_device_batch, dtype) -> dict[str, Any]:
     from lmsgd.parallel.collectives import describe_collectives
+    from lmsgd.parallel.hlo_text import strip_index_comments
     from lmsgd.plan import estimate as estimate_lib
     from lmsgd.plan import gpu as gpu_lib
     from lmsgd.plan import schedule as schedule_lib
 
     mem = compiled.memory_analysis()
-    hlo = re.sub(r"/\*index=\d+\*/", "", compiled.as_text())
+    hlo = strip_index_comments(compiled.as_text())
     sched = schedule_lib.parse_schedule(hlo)
     xla_cost = common.compiled_cost(compiled)
     cost = {"flops": xla_cost["flops"], "bytes accessed": xla_cost["bytes_accessed"]}

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 import jax
-import numpy as np
+
+from lmsgd.parallel import hlo_text
 
 COLLECTIVE_OPS = (
     "all-reduce",
@@ -16,17 +16,8 @@ COLLECTIVE_OPS = (
     "all-to-all",
     "collective-permute",
 )
-_BYTES = {
-    "pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
-    "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8,
-}  # fmt: skip
-_SHAPE = re.compile(r"\b(pred|[suf]\d+|bf16)\[([\d,]*)\]")
-# `%name = <result shapes> op(-start)?(<operands>), attrs`; async pairs count once (-start).
-_INSTR = re.compile(
-    r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(?P<result>.+?)\s+"
-    r"(?P<op>" + "|".join(COLLECTIVE_OPS) + r")(?P<start>-start)?\((?P<operands>[^)]*)\)"
-    r"(?P<attrs>.*)$"
-)
+# Bytes per element of each HLO type (kept here for the modules that import it from here).
+_BYTES = hlo_text.DTYPE_BYTES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +26,9 @@ class Collective:
 
     `element_count` and `bytes` are those of the result on one device (compiled HLO does not
     print operand shapes): the whole buffer for all-reduce and all-gather, one shard for
-    reduce-scatter. `group_size` is the number of devices in each replica group.
+    reduce-scatter; an asynchronous start / done pair is one collective. `group_size` is the
+    number of devices in each replica group (0: one group of every device, a number the text
+    does not give), whichever form XLA prints the groups in (`lmsgd.parallel.hlo_text`).
     """
 
     op: str
@@ -49,20 +42,35 @@ class Collective:
         return dataclasses.asdict(self)
 
 
-def _shapes(text: str) -> list[tuple[str, int]]:
-    out = []
-    for dtype, dims in _SHAPE.findall(text):
-        count = int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
-        out.append((dtype, count))
-    return out
-
-
 def _group_size(groups: str) -> int:
-    if groups.startswith("{"):  # {{0,1,2,3},{4,5,6,7}}
-        first = groups.strip("{}").split("},{")[0]
-        return len(first.split(",")) if first else 1
-    m = re.match(r"\[([\d,]+)\]", groups)  # iota form [2,4]<=[8]: groups of the last dim
-    return int(m[1].split(",")[-1]) if m else 0
+    """Devices per group of a ``replica_groups=`` value (0: all devices)."""
+    return hlo_text.group_size(groups)
+
+
+def _program_text(program: Any) -> str:
+    if isinstance(program, str):
+        return program
+    if isinstance(program, jax.stages.Lowered):
+        return program.as_text(dialect="hlo")
+    return program.as_text()
+
+
+def _results(instructions: list[hlo_text.Instruction]):
+    """(instruction, result shape text) of each collective, an async pair once.
+
+    A synchronous collective's result is its shape; an ``X-start``'s is its ``X-done``'s
+    (`hlo_text.async_result_shape`). Wrappers (``async-start``, the ``fusion-start`` of
+    XLA:GPU's Triton collectives) are skipped: the collective they run is an instruction of
+    the computation they call, and is counted there.
+    """
+    dones = {
+        ins.operands[0]: ins for ins in instructions if ins.op.endswith("-done") and ins.operands
+    }
+    for ins in instructions:
+        if ins.op in COLLECTIVE_OPS:
+            yield ins, ins.shape
+        elif ins.op.removesuffix("-start") in COLLECTIVE_OPS and ins.op.endswith("-start"):
+            yield ins, hlo_text.async_result_shape(ins, dones.get(ins.name))
 
 
 def describe_collectives(program: Any) -> list[Collective]:
@@ -77,30 +85,23 @@ def describe_collectives(program: Any) -> list[Collective]:
     Returns:
       One `Collective` per result dtype of each collective instruction, in program order.
     """
-    if isinstance(program, str):
-        text = program
-    elif isinstance(program, jax.stages.Lowered):
-        text = program.as_text(dialect="hlo")
-    else:
-        text = program.as_text()
+    text = hlo_text.strip_index_comments(_program_text(program))
+    instructions = [hlo_text.parse_instruction(line) for line in text.splitlines()]
     found = []
-    for line in text.splitlines():
-        m = _INSTR.match(line)
-        if not m:
-            continue
-        groups = re.search(r"replica_groups=(\{[^ ]*\}|\[[^ ]*\][^ ,]*)", m["attrs"])
+    for ins, result in _results([i for i in instructions if i is not None]):
+        groups = hlo_text.replica_groups_text(ins.attrs)
         by_dtype: dict[str, int] = {}
-        for dtype, count in _shapes(m["result"]):
+        for dtype, count in hlo_text.arrays(result):
             by_dtype[dtype] = by_dtype.get(dtype, 0) + count
         for dtype, count in by_dtype.items():
             found.append(
                 Collective(
-                    op=m["op"],
+                    op=ins.op.removesuffix("-start"),
                     dtype=dtype,
                     element_count=count,
                     bytes=count * _BYTES.get(dtype, 4),
-                    group_size=_group_size(groups[1]) if groups else 0,
-                    replica_groups=groups[1] if groups else "",
+                    group_size=_group_size(groups),
+                    replica_groups=groups,
                 )
             )
     return found

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from lmsgd.models import count_params
+from lmsgd.parallel.hlo_text import strip_index_comments
 from lmsgd.parallel.mesh import FLAT_AXES, HIERARCHICAL_AXES, batch_sharding, replicated
 
 
@@ -193,11 +193,6 @@ class CompiledStep:
         return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
 
 
-# Compiled HLO prints long tuple shapes with /*index=N*/ comments, which the collective
-# parser would otherwise read as part of a shape.
-_INDEX_COMMENT = re.compile(r"/\*index=\d+\*/")
-
-
 def compile_step(
     setup: StepSetup, compiler_options: Mapping[str, Any] | None = None
 ) -> CompiledStep:
@@ -210,7 +205,8 @@ def compile_step(
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = (cost[0] if cost else {}) if isinstance(cost, list) else (cost or {})
-    hlo = _INDEX_COMMENT.sub("", compiled.as_text())
+    # Long tuple shapes carry /*index=N*/ comments; the stored text is without them.
+    hlo = strip_index_comments(compiled.as_text())
     source = "xla cost analysis"
     if "flops" not in cost:  # XLA:GPU: no cost analysis; count from the program itself
         from lmsgd.plan.schedule import parse_schedule

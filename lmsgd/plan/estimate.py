@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from lmsgd.parallel import hlo_text
 from lmsgd.parallel.collectives import Collective
 from lmsgd.plan.hardware import Hardware
 
@@ -123,10 +124,9 @@ class Estimate:
 
 
 def _first_group(groups: str) -> list[int] | None:
-    if groups.startswith("{"):
-        first = groups.strip("{}").split("},{")[0]
-        return [int(x) for x in first.split(",") if x]
-    return None
+    """The devices of the first replica group, in any form XLA prints (None: all devices)."""
+    found = hlo_text.replica_groups(groups) if groups else None
+    return found[0] if found else None
 
 
 def _link_for(c: Collective, hw: Hardware, num_devices: int, per_node: int) -> str:
@@ -140,8 +140,8 @@ def _link_for(c: Collective, hw: Hardware, num_devices: int, per_node: int) -> s
     members = _first_group(c.replica_groups)
     if members is not None:
         same_node = len({m // per_node for m in members}) == 1
-    else:  # iota form: consecutive ids unless transposed
-        same_node = n <= per_node and "T(" not in c.replica_groups
+    else:  # no groups in the text: consecutive devices
+        same_node = n <= per_node
     if same_node:
         return "intra-node"
     return "inter-node" if n >= num_devices else "inter-node-shared"
@@ -240,13 +240,12 @@ def estimate(
 
 def _schedule_overlap(schedule, device_s, hw, a, num_devices, per_node, topology) -> float:
     """Hidden fraction of the communication on the schedule's time line (module docstring)."""
-    from lmsgd.parallel.collectives import _group_size
     from lmsgd.plan.schedule import simulate
 
     seconds = {}
     for c in schedule.collectives:
         probe = Collective(c.op, c.dtypes[0] if c.dtypes else "f32", 0, c.bytes,
-                           _group_size(c.replica_groups) if c.replica_groups else 0,
+                           hlo_text.group_size(c.replica_groups),
                            c.replica_groups)  # fmt: skip
         seconds[c.name] = collective_seconds(
             probe, hw, a, num_devices=num_devices, per_node=per_node, topology=topology

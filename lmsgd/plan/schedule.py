@@ -29,10 +29,14 @@ import re
 from collections.abc import Iterable, Sequence
 
 from lmsgd.parallel.collectives import _BYTES, COLLECTIVE_OPS
+from lmsgd.parallel.hlo_text import (
+    Instruction,
+    async_result_shape,
+    parse_module,
+    replica_groups_text,
+)
 
 _SHAPE = re.compile(r"\b(pred|[suf]\d+|bf16)\[([\d,]*)\]")
-_HEADER = re.compile(r"^(ENTRY\s+)?%?(?P<name>[\w.\-]+)\s.*\{\s*$")
-_NAME = re.compile(r"^\s*(?:ROOT\s+)?%(?P<name>[\w.\-]+)\s*=\s*(?P<rest>.*)$")
 _CALLED = re.compile(
     r"\b(?:calls|to_apply|body|condition|branch_computations|async_execution_thread)="
     r"(\{[^}]*\}|%[\w.\-]+)"
@@ -44,15 +48,6 @@ _GEMM_TARGETS = ("__cublas$gemm", "__cublas$lt$matmul")
 _NO_TRAFFIC = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "opt-barrier",
                "partition-id", "replica-id", "after-all", "add-dependency", "while",
                "conditional", "call", "async-start", "async-done"}  # fmt: skip
-
-
-@dataclasses.dataclass
-class Instruction:
-    name: str
-    shape: str  # result shape text (a tuple is "(a, b)")
-    op: str
-    operands: list[str]
-    attrs: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,64 +94,6 @@ class Schedule:
             if self.flops[i] > 0:
                 return i
         return -1
-
-
-def _split_shape(rest: str) -> tuple[str, str]:
-    """('shape text', 'the rest') of an instruction's right-hand side."""
-    rest = rest.lstrip()
-    if rest.startswith("("):
-        depth = 0
-        for i, ch in enumerate(rest):
-            depth += ch == "("
-            depth -= ch == ")"
-            if depth == 0:
-                return rest[: i + 1], rest[i + 1 :].lstrip()
-    head, _, tail = rest.partition(" ")
-    return head, tail
-
-
-def _parse_instruction(line: str) -> Instruction | None:
-    m = _NAME.match(line)
-    if not m:
-        return None
-    shape, rest = _split_shape(m["rest"])
-    op_m = re.match(r"(?P<op>[\w\-$.]+)\(", rest)
-    if not op_m:
-        return None
-    depth, i = 0, op_m.end() - 1
-    for i in range(op_m.end() - 1, len(rest)):
-        depth += rest[i] == "("
-        depth -= rest[i] == ")"
-        if depth == 0:
-            break
-    operands_text = rest[op_m.end() : i]
-    operands = re.findall(r"%([\w.\-]+)", operands_text)
-    return Instruction(m["name"], shape, op_m["op"], operands, rest[i + 1 :])
-
-
-def parse_module(text: str) -> tuple[dict[str, list[Instruction]], str]:
-    """({computation name: instructions in order}, entry name) of HLO module text."""
-    text = re.sub(r"/\*index=\d+\*/", "", text)
-    comps: dict[str, list[Instruction]] = {}
-    entry, current = "", None
-    for line in text.splitlines():
-        if current is None:
-            m = _HEADER.match(line)
-            if m and not line.startswith("HloModule"):
-                current = m["name"]
-                comps[current] = []
-                if m[1]:
-                    entry = current
-            continue
-        if line.startswith("}"):
-            current = None
-            continue
-        ins = _parse_instruction(line)
-        if ins is not None:
-            comps[current].append(ins)
-    if not entry:
-        raise ValueError("no ENTRY computation in the HLO text")
-    return comps, entry
 
 
 def _dims(shape: str) -> list[list[int]]:
@@ -273,13 +210,32 @@ def module_flops(comps: dict[str, list[Instruction]]) -> tuple[dict[str, float],
     return memo, kinds
 
 
-def _async_collective(ins: Instruction, comps) -> str | None:
-    """The collective an ``async-start`` wraps (XLA:GPU's reduce-scatter, all-to-all)."""
+# Entry instructions that run a collective of the computation they call: XLA:GPU wraps
+# reduce-scatter and all-to-all in async-start, and from jax 0.11 on runs small all-reduces
+# as Triton fusions (fusion-start / fusion-done, kind __triton_collective).
+_WRAPPERS = ("async-start", "fusion-start", "fusion")
+
+
+def _wrapped_collective(ins: Instruction, comps) -> Instruction | None:
+    """The collective a wrapper instruction (`_WRAPPERS`) runs, from the computation it calls."""
+    if ins.op not in _WRAPPERS:
+        return None
     for callee in _called(ins):
         for inner in comps.get(callee, []):
-            base = inner.op.removesuffix("-start")
-            if base in COLLECTIVE_OPS:
-                return base
+            if inner.op.removesuffix("-start") in COLLECTIVE_OPS:
+                return inner
+    return None
+
+
+def _collective_at(ins: Instruction, comps) -> tuple[str, Instruction] | None:
+    """(collective op, the instruction with its replica groups) of an entry instruction that
+    starts or runs a collective, else None."""
+    base = ins.op.removesuffix("-start")
+    if base in COLLECTIVE_OPS:
+        return base, ins
+    inner = _wrapped_collective(ins, comps)
+    if inner is not None:
+        return inner.op.removesuffix("-start"), inner
     return None
 
 
@@ -291,13 +247,14 @@ def parse_schedule(text: str) -> Schedule:
     body = comps[entry]
     position = {ins.name: i for i, ins in enumerate(body)}
     flops, compute_kinds, found, traffic = [], [], [], []
-    starts: dict[str, tuple[int, Instruction, str]] = {}
+    starts: dict[str, tuple[int, Instruction, str, Instruction]] = {}
     for i, ins in enumerate(body):
+        collective = _collective_at(ins, comps)
         kind = _compute_kind(ins)
         f = _conv_flops(ins, shapes) if kind == "conv" else 0.0
         f = _dot_flops(ins, shapes) if kind == "dot" else f
         for callee in _called(ins):
-            if ins.op.endswith("-start") or ins.op in COLLECTIVE_OPS:
+            if collective is not None or ins.op.endswith("-start"):
                 continue  # a collective's reduction computation
             f += flops_of.get(callee, 0.0)
             kind = kind or kinds.get(callee, "")
@@ -306,34 +263,30 @@ def parse_schedule(text: str) -> Schedule:
         moves = ins.op not in _NO_TRAFFIC and not ins.op.endswith(("-done", "-start"))
         traffic.append(
             _nbytes(ins.shape)[0] + sum(_nbytes(shapes.get(o, ""))[0] for o in ins.operands)
-            if moves and ins.op not in COLLECTIVE_OPS
+            if moves and collective is None
             else 0
         )
-        base = ins.op.removesuffix("-start")
-        if ins.op == "async-start":
-            base = _async_collective(ins, comps) or ""
-        if base in COLLECTIVE_OPS and (ins.op.endswith("-start")):
-            starts[ins.name] = (i, ins, base)
-        elif ins.op in COLLECTIVE_OPS:
+        if collective is not None and ins.op.endswith("-start"):
+            starts[ins.name] = (i, ins, *collective)
+        elif collective is not None:  # synchronous: start and done are this instruction
             nbytes, dtypes = _nbytes(ins.shape)
-            found.append(_collective(ins, ins.op, nbytes, dtypes, i, i, False))
+            found.append(_collective(ins, collective, nbytes, dtypes, i, i, False))
         elif ins.op.endswith("-done") and ins.operands and ins.operands[0] in starts:
-            s, start_ins, op = starts.pop(ins.operands[0])
-            nbytes, dtypes = _nbytes(ins.shape)
+            s, start_ins, op, source = starts.pop(ins.operands[0])
+            nbytes, dtypes = _nbytes(ins.shape)  # the done's shape: the result alone
             is_async = '"is_sync":true' not in start_ins.attrs
-            found.append(_collective(start_ins, op, nbytes, dtypes, s, i, is_async))
-    for name, (s, ins, op) in starts.items():  # a start whose done was not found
-        nbytes, dtypes = _nbytes(ins.shape)
-        found.append(_collective(ins, op, nbytes, dtypes, s, position[name], False))
+            found.append(_collective(start_ins, (op, source), nbytes, dtypes, s, i, is_async))
+    for name, (s, ins, op, source) in starts.items():  # a start whose done was not found
+        nbytes, dtypes = _nbytes(async_result_shape(ins, None))
+        found.append(_collective(ins, (op, source), nbytes, dtypes, s, position[name], False))
     found.sort(key=lambda c: c.start)
     return Schedule(flops, compute_kinds, found, traffic)
 
 
-def _collective(ins, op, nbytes, dtypes, start, done, is_async) -> ScheduledCollective:
-    groups = re.search(r"replica_groups=(\{[^ ]*\}|\[[^ ]*\][^ ,]*)", ins.attrs)
-    return ScheduledCollective(
-        ins.name, op, dtypes, nbytes, start, done, is_async, groups[1] if groups else ""
-    )
+def _collective(ins, collective, nbytes, dtypes, start, done, is_async) -> ScheduledCollective:
+    op, source = collective
+    groups = replica_groups_text(source.attrs)
+    return ScheduledCollective(ins.name, op, dtypes, nbytes, start, done, is_async, groups)
 
 
 def select(
