@@ -98,23 +98,23 @@ def train_stream(
     split = src.train
     size = cfg.image_size
     big = int(round(size / cfg.eval_crop_ratio))
-    resized = resize(split.images, big, big)
+    # Normalizing is per pixel, so it commutes with cropping and flipping: done once here.
+    resized = _normalize(resize(split.images, big, big), src.mean, src.std, "float32")
+    windows = np.lib.stride_tricks.sliding_window_view(resized, (size, size), axis=(1, 2))
+    dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else np.float32
     flip = config.effective_flip(cfg)
     n = len(split)
-    window = np.arange(size)
     for epoch in itertools.count(start_epoch):
         order = epoch_order(n, seed, epoch, steps, p, n_proc, b)
         offsets = _rng(seed, epoch, _CROP).integers(0, big - size + 1, size=(n, 2))
         flips = _rng(seed, epoch, _FLIP).random(n) < 0.5
         for step in range(start_step if epoch == start_epoch else 0, steps):
             idx = order[step]
-            rows = offsets[idx, 0, None] + window  # [b, size]
-            cols = offsets[idx, 1, None] + window
-            crops = resized[idx[:, None, None], rows[:, :, None], cols[:, None, :]]
+            crops = windows[idx, offsets[idx, 0], offsets[idx, 1]]  # [b, 3, size, size]
+            crops = np.moveaxis(crops, 1, -1)
             if flip:
                 crops = np.where(flips[idx, None, None, None], crops[:, :, ::-1], crops)
-            image = _normalize(crops, src.mean, src.std, cfg.dtype)
-            yield {"image": image, "label": split.labels[idx]}
+            yield {"image": np.ascontiguousarray(crops, dtype), "label": split.labels[idx]}
 
 
 def eval_stream(
