@@ -155,7 +155,7 @@ def _orbax_filter(record: logging.LogRecord) -> bool:
 
 def _setup_logging() -> None:
     """lmsgd's INFO lines (the console: `lmsgd.console`) on stderr, one format; libraries that
-    log through absl (clu's work-unit notes, orbax's save steps) only from WARNING."""
+    log through absl (orbax's save steps) only from WARNING."""
     from absl import logging as absl_logging
 
     from lmsgd.console import BarAwareFilter

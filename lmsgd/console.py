@@ -5,11 +5,11 @@ and a summary at the end.
              1,814 img/s  ETA 0m25s                                   (one line, folded here)
     12:00:06 eval  step 25  epoch   5.0  top-1 94.17%  top-5 100.00%  loss 0.1559  (360 examples)
 
-`ConsoleWriter` is a clu `MetricWriter`: the driver writes every scalar to it, to TensorBoard
-and to `metrics.jsonl` alike, and it picks the few a person scans (``train/*`` and
-``eval/*``); everything else (clu's ``steps_per_sec``, ``uptime``, timed sections, norms) stays
-in the files. On a terminal the training line is redrawn in place behind a progress bar and
-kept at each evaluation; in a log file (not a terminal) every interval is its own line.
+`ConsoleWriter` is a `lmsgd.writers.MetricWriter`: the driver writes every scalar to it, to
+TensorBoard and to `metrics.jsonl` alike, and it picks the few a person scans (``train/*`` and
+``eval/*``); everything else (``steps_per_sec``, ``uptime``, norms) stays in the files. On a
+terminal the training line is redrawn in place behind a progress bar and kept at each
+evaluation; in a log file (not a terminal) every interval is its own line.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-from clu import metric_writers
+from lmsgd.writers import MetricWriter
 
 log = logging.getLogger("lmsgd")
 
@@ -133,33 +133,7 @@ def _bar(fraction: float) -> str:
     return "[" + "#" * filled + "." * (BAR_WIDTH - filled) + "]"
 
 
-class ScalarsOnlyWriter(metric_writers.MetricWriter):
-    """A clu writer that takes scalars only: every other kind of summary is ignored.
-    (clu's MetricWriter makes all of them abstract.)"""
-
-    def write_summaries(self, step, values, metadata=None) -> None:
-        pass
-
-    def write_images(self, step, images) -> None:
-        pass
-
-    def write_videos(self, step, videos) -> None:
-        pass
-
-    def write_audios(self, step, audios, *, sample_rate) -> None:
-        pass
-
-    def write_texts(self, step, texts) -> None:
-        pass
-
-    def write_histograms(self, step, arrays, num_buckets=None) -> None:
-        pass
-
-    def write_hparams(self, hparams) -> None:
-        pass
-
-
-class ConsoleWriter(ScalarsOnlyWriter):
+class ConsoleWriter(MetricWriter):
     """The console's writer (see the module docstring).
 
     Args:

@@ -32,3 +32,8 @@ class NonFiniteLossError(UserError, FloatingPointError):
 
 class DiskFullError(UserError, OSError):
     """A write failed for lack of space or a file-size limit; earlier checkpoints are intact."""
+
+
+class MissingDependencyError(UserError, ImportError):
+    """An optional package this configuration needs is not installed; the message says which
+    and the pip command that installs it."""

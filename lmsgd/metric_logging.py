@@ -1,4 +1,4 @@
-"""Metric writers: the console (`lmsgd.console`), TensorBoard (clu) and a JSON-lines file.
+"""Metric writers: the console (`lmsgd.console`), TensorBoard and a JSON-lines file.
 
 Every scalar goes to TensorBoard and `metrics.jsonl`; the console shows the few a person
 scans. Process 0 writes files; the other processes only print their console lines (as in
@@ -19,12 +19,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-from clu import metric_writers
 from etils import epath
 
-from lmsgd.console import ConsoleWriter, ScalarsOnlyWriter
+from lmsgd.console import ConsoleWriter
 from lmsgd.console import format_duration as format_duration
+from lmsgd.tensorboard_writer import TensorBoardWriter
 from lmsgd.workdir import is_remote, write_text
+from lmsgd.writers import MetricWriter, MultiWriter
 
 log = logging.getLogger("lmsgd")
 
@@ -36,11 +37,10 @@ def _clean(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-class JsonlWriter(ScalarsOnlyWriter):
+class JsonlWriter(MetricWriter):
     """Appends scalars to a JSON-lines file, one record per (step, kind).
 
-    clu ships no JSON-lines writer; this is the one metric sink written by hand. A name
-    `kind/key` goes to the record of that kind; names without a kind to kind 'progress'.
+    A name `kind/key` goes to the record of that kind; names without a kind to kind 'progress'.
     """
 
     def __init__(self, path: str, remote_write_interval_s: float = 30.0):
@@ -92,21 +92,21 @@ def create_writer(
     tensorboard: bool = True,
     total_steps: int | None = None,
     steps_per_epoch: int = 1,
-) -> metric_writers.MetricWriter:
+) -> MetricWriter:
     """Console + TensorBoard + `metrics.jsonl` on process 0; the console only elsewhere.
 
     The console (`lmsgd.console.ConsoleWriter`) needs the run's `total_steps`; without it
     nothing is printed. Synchronous, so that a failed write (e.g. a full disk) surfaces in the
     loop where it can be reported, not in a background thread.
     """
-    writers: list[metric_writers.MetricWriter] = []
+    writers: list[MetricWriter] = []
     if total_steps is not None:
         writers.append(ConsoleWriter(total_steps, steps_per_epoch))
     if jax.process_index() == 0:
         if tensorboard:
-            writers.append(metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard")))
+            writers.append(TensorBoardWriter(os.path.join(workdir, "tensorboard")))
         writers.append(JsonlWriter(os.path.join(workdir, METRICS_FILE)))
-    return metric_writers.MultiWriter(writers)
+    return MultiWriter(writers)
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:

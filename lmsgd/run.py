@@ -79,7 +79,7 @@ class Run:
     tx: optax.GradientTransformation
     schedules: dict[str, optax.Schedule]
     info: data_lib.DatasetInfo
-    source: Any  # lmsgd.data.sources.Source (imports TensorFlow; built once per run)
+    source: Any  # lmsgd.data.sources.Source (built once per run)
 
     def init_state(self) -> TrainState:
         """Freshly initialized parameters and optimizer state, replicated over the mesh."""
@@ -187,9 +187,12 @@ def setup_devices(config: Mapping[str, Any]) -> None:
 
 
 def make_source(data_config: Mapping[str, Any]):
-    """The dataset's `Source`, with a missing or unprepared dataset as a `DataError`."""
-    from lmsgd.data import sources  # imports TensorFlow
+    """The dataset's `Source`, with a missing or unprepared dataset as a `DataError` and a
+    missing TensorFlow (for a tf.data pipeline) as one line naming the package, before
+    anything compiles."""
+    from lmsgd.data import requires, sources
 
+    requires.check_available(data_config)
     try:
         return sources.make_source(data_config)
     except (FileNotFoundError, NotADirectoryError, ValueError) as e:

@@ -19,7 +19,6 @@ from typing import Any
 
 import jax
 import ml_collections
-from clu import periodic_actions
 
 from lmsgd import evaluation, resume
 from lmsgd.checkpointing import Checkpointer
@@ -30,6 +29,7 @@ from lmsgd.errors import NonFiniteLossError
 from lmsgd.goodput import Goodput
 from lmsgd.metric_logging import create_writer, drop_metrics_after
 from lmsgd.models.summary import count_params
+from lmsgd.progress import Profile, ReportProgress
 from lmsgd.run import Run, build, setup_devices
 from lmsgd.workdir import (
     WorkdirLock,
@@ -173,20 +173,15 @@ def _compile_train_step(run: Run, state: Any, batch: Any) -> tuple[Any, float, f
     return compiled, compile_s, flops_per_step
 
 
-def _periodic_actions(config, writer, workdir: str, total_steps: int):
-    """clu's progress report (and timed sections), and the profiler when configured:
-    ``(progress, hooks)``; each hook is called with the step after every step."""
-    progress = periodic_actions.ReportProgress(
-        num_train_steps=total_steps, writer=writer, every_steps=config.logging.every_steps
-    )
-    hooks = [progress]
+def _step_hooks(config, writer, workdir: str, stack: contextlib.ExitStack) -> list:
+    """What runs after every step: the steps/s report, and the profiler when configured."""
+    hooks: list = [ReportProgress(writer, config.logging.every_steps)]
     if config.logging.profile_steps and jax.process_index() == 0:
         first, last = config.logging.profile_steps
-        hooks.append(periodic_actions.Profile(
-            logdir=workdir, first_profile=first, num_profile_steps=last - first,
-            profile_duration_ms=None, every_secs=None,
-        ))  # fmt: skip
-    return progress, hooks
+        profile = Profile(workdir, first, last)
+        stack.callback(profile.close)
+        hooks.append(profile)
+    return hooks
 
 
 def _train_scalars(
@@ -233,7 +228,7 @@ def train_and_evaluate(
             batch = next(batches)
         with gp.phase("compile"):
             compiled, compile_s, flops_per_step = _compile_train_step(run, state, batch)
-        progress, hooks = _periodic_actions(config, writer, workdir, plan.total_steps)
+        hooks = _step_hooks(config, writer, workdir, stack)
 
         def last_committed() -> str:
             if ckpt is None:
@@ -279,10 +274,7 @@ def train_and_evaluate(
                 )
                 if ckpt is not None and (stop or ckpt.should_save(step)):
                     check(step, metrics)  # never save a bad state
-                    with (
-                        gp.phase("checkpoint"),
-                        progress.timed("checkpoint", wait_jax_async_dispatch=False),
-                    ):
+                    with gp.phase("checkpoint"):
                         ckpt.save(step, state, config, force=True)
                 if stop:
                     saved = (
@@ -298,7 +290,7 @@ def train_and_evaluate(
                     early = {"stopped": True, "step": step}
                     break
                 if step % plan.eval_every_steps == 0 and step < plan.total_steps:
-                    with gp.phase("eval"), progress.timed("eval", wait_jax_async_dispatch=False):
+                    with gp.phase("eval"):
                         result = evaluation.evaluate(
                             run, evaluation.eval_state(run, state), eval_step
                         )

@@ -82,3 +82,51 @@ def test_synthetic_on_device(monkeypatch):
         )
     )
     assert isinstance(local["image"], np.ndarray) and local["image"].shape[0] == 8
+
+
+@pytest.mark.parametrize("size, ratio", [(32, 0.875), (12, 1.0), (6, 0.9)])
+def test_digits_numpy_pipeline_matches_tf_data(size, ratio):
+    """The numpy digits pipeline resizes and crops as the tf.data one does: the same eval
+    images, and training crops that are windows of TensorFlow's resized image."""
+    tf = pytest.importorskip("tensorflow")
+    from lmsgd.data import memory_pipeline, sources, tf_pipeline
+
+    cfg = data.default_data_config()
+    cfg.image_size, cfg.eval_crop_ratio = size, ratio
+    src = sources.make_source(cfg)
+    kw = dict(global_batch_size=64, p=0, n_proc=1, b=64)
+    ours = next(memory_pipeline.eval_stream(cfg, src, **kw))
+    theirs, _ = tf_pipeline.eval_stream(cfg, src, **kw)
+    theirs = next(theirs)
+    np.testing.assert_allclose(ours["image"], theirs["image"], atol=1e-4)
+    np.testing.assert_array_equal(ours["label"], theirs["label"])
+    np.testing.assert_array_equal(ours["mask"], theirs["mask"])
+
+    big = int(round(size / ratio))
+    images = src.train.images[:16]
+    want = tf.image.resize(images, [big, big], method="bilinear").numpy()
+    np.testing.assert_allclose(memory_pipeline.resize(images, big, big), want, atol=1e-3)
+
+
+def test_digits_numpy_pipeline_resumes_and_slices_by_process():
+    """A batch depends on (seed, epoch, step) only: resuming at (1, 3) and reading as process 1
+    of 2 give the rows of the uninterrupted single-process run."""
+    cfg = data.default_data_config()
+    cfg.image_size, cfg.random_flip = 16, True
+    g = 256
+    steps = data.steps_per_epoch(data.get_dataset_info(cfg), g)
+    it = data.train_batches(cfg, global_batch_size=g, seed=3, sharding=None)
+    full = [next(it) for _ in range(steps + 4)]
+    resumed = data.train_batches(
+        cfg, global_batch_size=g, seed=3, sharding=None, start_epoch=1, start_step=3
+    )
+    assert (resumed.epoch, resumed.step) == (1, 3)
+    np.testing.assert_array_equal(next(resumed)["image"], full[steps + 3]["image"])
+    half = data.train_batches(
+        cfg, global_batch_size=g, seed=3, sharding=None, process_index=1, process_count=2
+    )
+    b = next(half)
+    np.testing.assert_array_equal(b["image"], full[0]["image"][g // 2 :])
+    np.testing.assert_array_equal(b["label"], full[0]["label"][g // 2 :])
+    # Another epoch is another permutation.
+    assert not np.array_equal(full[0]["label"], full[steps]["label"])

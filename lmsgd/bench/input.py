@@ -136,10 +136,10 @@ def _pipeline_iterator(root: str, mode: str, s: dict, args) -> Any:
 
 def _image_folder_iterator(root: str, s: dict, args) -> Any:
     """tfds.ImageFolder (full decode, its own unseeded shuffle) + the same crop/flip/normalize."""
-    import tensorflow_datasets as tfds
-
-    from lmsgd.data import augment
+    from lmsgd.data import augment, requires
     from lmsgd.data._tf import tf
+
+    tfds = requires.tensorflow_datasets("tfds.ImageFolder")
 
     builder = tfds.ImageFolder(root)
     ds = builder.as_dataset(split="train", shuffle_files=True).repeat()
@@ -177,6 +177,9 @@ MODES = {
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure each mode; print a table; write JSON to args.results_dir; return the record."""
+    from lmsgd.data import requires
+
+    requires.tensorflow("image-folder")  # before any image is generated
     s = _settings(args)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]

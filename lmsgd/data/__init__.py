@@ -4,8 +4,9 @@ One ``config.data`` section (:func:`default_data_config`) selects and parameteri
 The training driver calls :func:`get_dataset_info`, :func:`train_batches`,
 :func:`eval_batches` and :func:`masked_topk_correct`.
 
-TensorFlow is imported only when a pipeline is built (first access to ``train_batches``,
-``eval_batches`` or ``get_dataset_info`` runs), so ``import lmsgd.data`` stays light.
+TensorFlow is imported only by the tf.data pipelines (image folders, imagenet2012, digits with
+the inception crop), when one is built; digits (the default) and synthetic data never import
+it. ``import lmsgd.data`` stays light: the pipelines load on first use.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from lmsgd.data.config import DATA_CONFIG_DOCS, default_data_config, validate_da
 from lmsgd.data.info import DatasetInfo, get_dataset_info, num_eval_batches, steps_per_epoch
 from lmsgd.data.metrics import masked_topk_correct
 
-# Names whose modules import TensorFlow: resolved on first use (PEP 562).
+# Names whose modules import JAX: resolved on first use (PEP 562).
 _LAZY = {
     "train_batches": "lmsgd.data.pipeline",
     "eval_batches": "lmsgd.data.pipeline",

@@ -14,11 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from lmsgd.data._tf import tf
-
-# ImageNet channel statistics on the 0..255 scale (torchvision's numbers, as in the paper's
-# ChainerMN code which subtracts the per-channel mean).
-IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+from lmsgd.data.config import IMAGENET_MEAN as IMAGENET_MEAN
+from lmsgd.data.config import IMAGENET_STD as IMAGENET_STD
 
 # A crop window: (offset_y, offset_x, height, width) as int32 scalars.
 Window = tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]

@@ -28,6 +28,10 @@ FOLDER_EVAL_SPLITS = ("val", "validation", "test")
 # ImageNet-1k (ILSVRC2012) sizes; also the synthetic defaults so that epochs look alike.
 IMAGENET_NUM_TRAIN = 1_281_167
 IMAGENET_NUM_EVAL = 50_000
+# ImageNet channel statistics on the 0..255 scale (torchvision's numbers, as in the paper's
+# ChainerMN code which subtracts the per-channel mean).
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
 def _opt_str(x: Any) -> bool:

@@ -27,9 +27,9 @@ _KNOWN_SIZES = {"train": IMAGENET_NUM_TRAIN, "validation": IMAGENET_NUM_EVAL}
 
 
 def _tfds():
-    import tensorflow_datasets as tfds
+    from lmsgd.data import requires
 
-    return tfds
+    return requires.tensorflow_datasets("imagenet2012 (TFDS)")
 
 
 def _data_dir_root(data_dir: str | None) -> str:

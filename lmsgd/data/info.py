@@ -55,6 +55,6 @@ def get_dataset_info(cfg: Mapping[str, Any]) -> DatasetInfo:
     Cheap: image folders are listed (not decoded), TFDS reads its dataset_info, digits are
     counted from scikit-learn's bundled array, synthetic comes from the config.
     """
-    from lmsgd.data import sources  # Deferred: imports TensorFlow.
+    from lmsgd.data import sources  # Deferred: scikit-learn, PIL, TFDS for imagenet2012.
 
     return sources.make_source(cfg).info

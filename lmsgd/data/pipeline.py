@@ -1,8 +1,13 @@
-"""Training and evaluation batches: tf.data on the host, global jax.Arrays out.
+"""Training and evaluation batches: host pipelines, global jax.Arrays out.
+
+Three pipelines share this contract: synthetic data (generated on the devices), digits on
+numpy (:mod:`lmsgd.data.memory_pipeline`, resize-and-crop; no TensorFlow) and tf.data
+(:mod:`lmsgd.data.tf_pipeline`: image folders, imagenet2012, digits with the inception crop;
+TensorFlow is imported only for these, and its absence is one line naming the package).
 
 Training (:func:`train_batches`)
   * An epoch is a permutation drawn from (seed, epoch) — a full
-    ``tf.random.experimental.stateless_shuffle`` for index sources (image_folder, digits),
+    ``tf.random.experimental.stateless_shuffle`` for image folders (numpy's for digits),
     TFDS file shuffling + a seeded shuffle buffer for imagenet2012. Each epoch yields
     ``steps_per_epoch = N // global_batch_size`` batches; the remaining ``N % G`` examples
     (different ones each epoch) are dropped, so every step has a full global batch.
@@ -25,322 +30,22 @@ Corrupt files
 
 from __future__ import annotations
 
-import logging
-import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
-import numpy as np
 
-from lmsgd.data import augment, config, sources, synthetic
+from lmsgd.data import config, memory_pipeline, requires, sources, synthetic
 from lmsgd.data import sharding as shard_lib
-from lmsgd.data._tf import tf
 from lmsgd.data.info import DatasetInfo, steps_per_epoch
-from lmsgd.errors import DataError
+from lmsgd.data.iterators import BatchIterator, checked
 
-log = logging.getLogger(__name__)
-
-_MAX_EPOCHS = 1 << 40  # "forever" for Dataset.range.
-_MAX_RECORDED = 100  # Skipped paths kept on the iterator (all are counted and logged).
+__all__ = ["BatchIterator", "eval_batches", "train_batches"]
 
 
-class BatchIterator:
-    """Iterator of batch dicts that knows its position and what it skipped.
-
-    Attributes:
-      epoch, step: position of the *next* batch (what to store in a checkpoint to resume).
-      num_skipped: corrupt/unreadable images skipped so far (skip_corrupt=True).
-      skipped: their paths (the first 100).
-      steps_per_epoch: batches per epoch (None for evaluation).
-    """
-
-    def __init__(
-        self,
-        stream: Iterator[dict],
-        *,
-        tracker: _GapTracker | None = None,
-        start_epoch: int = 0,
-        start_step: int = 0,
-        steps_per_epoch: int | None = None,
-    ):
-        self._stream = stream
-        self._tracker = tracker
-        self._start = (start_epoch, start_step)
-        self._served = 0
-        self.steps_per_epoch = steps_per_epoch
-
-    def __iter__(self) -> BatchIterator:
-        return self
-
-    def __next__(self) -> dict:
-        batch = next(self._stream)
-        self._served += 1
-        return batch
-
-    @property
-    def epoch(self) -> int:
-        return self._position()[0]
-
-    @property
-    def step(self) -> int:
-        return self._position()[1]
-
-    def _position(self) -> tuple[int, int]:
-        e, s = self._start
-        if not self.steps_per_epoch:
-            return e, s + self._served
-        e, s = divmod(e * self.steps_per_epoch + s + self._served, self.steps_per_epoch)
-        return e, s
-
-    @property
-    def num_skipped(self) -> int:
-        return self._tracker.count if self._tracker else 0
-
-    @property
-    def skipped(self) -> list[str]:
-        return list(self._tracker.recorded) if self._tracker else []
-
-
-class _GapTracker:
-    """Finds dropped (corrupt) examples as gaps in the (epoch, pos) sequence of a stream.
-
-    ``per_epoch``: examples per epoch of this process when known (index sources), which also
-    finds a gap at the very end of an epoch; ``None`` (TFDS) checks within epochs only.
-    ``end``: for evaluation, the number of real examples, checked when padding begins.
-    """
-
-    def __init__(
-        self,
-        describe: Callable[[int, int], str],
-        *,
-        skip: bool,
-        per_epoch: int | None = None,
-        start: tuple[int, int] = (0, 0),
-        end: int | None = None,
-    ):
-        self.describe = describe
-        self.skip = skip
-        self.per_epoch = per_epoch
-        self.epoch, self.pos = start
-        self.end = end
-        self.count = 0
-        self.recorded: list[str] = []
-
-    def _missing(self, epoch: int, pos: int) -> None:
-        what = self.describe(epoch, pos)
-        if not self.skip:
-            raise DataError(
-                f"unreadable or corrupt image: {what}. Remove or replace the file, or set "
-                "config.data.skip_corrupt=True to skip such files (they are counted)"
-            )
-        self.count += 1
-        if len(self.recorded) < _MAX_RECORDED:
-            self.recorded.append(what)
-        log.warning("skipped unreadable or corrupt image %s (%d skipped so far)", what, self.count)
-
-    def _advance(self) -> None:
-        self.pos += 1
-        if self.per_epoch is not None and self.pos == self.per_epoch:
-            self.epoch, self.pos = self.epoch + 1, 0
-
-    def check(self, epochs: np.ndarray, positions: np.ndarray) -> None:
-        """Account for one batch; ``positions`` < 0 are evaluation padding."""
-        n = len(positions)
-        if (
-            n
-            and positions[-1] >= 0
-            and np.all(epochs == self.epoch)
-            and np.array_equal(positions, np.arange(self.pos, self.pos + n))
-            and (self.per_epoch is None or self.pos + n < self.per_epoch)
-        ):
-            self.pos += n  # Fast path: no gap, no epoch boundary.
-            return
-        for e, q in zip(epochs.tolist(), positions.tolist()):
-            if q < 0:  # Padding: all real examples must have been seen.
-                if self.end is not None:
-                    while self.pos < self.end:
-                        self._missing(self.epoch, self.pos)
-                        self.pos += 1
-                self.end = None
-                continue
-            if self.per_epoch is None and e != self.epoch:
-                self.epoch, self.pos = e, 0  # Unknown epoch length: start counting anew.
-            while (self.epoch, self.pos) < (e, q):
-                self._missing(self.epoch, self.pos)
-                self._advance()
-            self._advance()
-
-    def finish(self) -> None:
-        """End of an evaluation stream with no padding at all."""
-        self.check(np.zeros(1, np.int64), np.full(1, -1, np.int64))
-
-
-def _options(ds: tf.data.Dataset, cfg) -> tf.data.Dataset:
-    opts = tf.data.Options()
-    opts.deterministic = True  # Reproducible order even with parallel map.
-    opts.autotune.enabled = True
-    # One thread per op, parallelism across examples: the usual best for image pipelines.
-    opts.threading.max_intra_op_parallelism = 1
-    if cfg.private_threadpool_size:
-        opts.threading.private_threadpool_size = cfg.private_threadpool_size
-    return ds.with_options(opts)
-
-
-def _parallel(cfg) -> int:
-    return tf.data.AUTOTUNE if cfg.num_parallel_calls == -1 else cfg.num_parallel_calls
-
-
-def _tf_dtype(cfg) -> tf.DType:
-    return tf.bfloat16 if cfg.dtype == "bfloat16" else tf.float32
-
-
-def _train_fn(cfg, src: sources.Source, seed: int) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-    """(image, key) -> augmented image; key = [2] seed from (seed, epoch, example index)."""
-    kwargs = dict(
-        size=cfg.image_size,
-        crop=config.effective_crop(cfg),
-        flip=config.effective_flip(cfg),
-        ratio=cfg.eval_crop_ratio,
-        area_range=tuple(cfg.crop_area_range),
-        aspect_ratio_range=tuple(cfg.crop_aspect_ratio_range),
-        fused=cfg.decode_and_crop,
-        mean=src.mean,
-        std=src.std,
-        dtype=_tf_dtype(cfg),
-    )
-    return lambda image, key: augment.train_preprocess(image, key, **kwargs)
-
-
-def _eval_fn(cfg, src: sources.Source) -> Callable[[tf.Tensor], tf.Tensor]:
-    kwargs = dict(
-        size=cfg.image_size,
-        ratio=cfg.eval_crop_ratio,
-        mean=src.mean,
-        std=src.std,
-        dtype=_tf_dtype(cfg),
-    )
-    return lambda image: augment.eval_preprocess(image, **kwargs)
-
-
-def local_epoch_order(
-    num_examples: int,
-    seed: int,
-    epoch: tf.Tensor | int,
-    steps: int,
-    process_index: int,
-    process_count: int,
-    local_batch: int,
-) -> tf.Tensor:
-    """Example indices this process reads in ``epoch``, in order: [steps * local_batch] int64.
-
-    The epoch's permutation is split into ``steps`` global batches; this process takes its
-    ``local_batch`` rows of each (see :mod:`lmsgd.data.sharding`).
-    """
-    key = augment.example_seed(seed, epoch, 0, stream=0)
-    perm = tf.random.experimental.stateless_shuffle(tf.range(num_examples, dtype=tf.int64), key)
-    grid = tf.reshape(perm[: steps * process_count * local_batch], [steps, process_count, -1])
-    return tf.reshape(grid[:, process_index, :], [-1])
-
-
-def _indexed_train(cfg, src, split, *, seed, start_epoch, start_step, steps, p, n_proc, b):
-    per_epoch = steps * b
-    n = len(split)
-
-    def epoch_ds(epoch):
-        order = local_epoch_order(n, seed, epoch, steps, p, n_proc, b)
-        ds = tf.data.Dataset.from_tensor_slices(
-            {"index": order, "pos": tf.range(per_epoch, dtype=tf.int64)}
-        )
-        # Resume: skip indices (no file is read for them), only in the first epoch.
-        skip = tf.where(epoch == start_epoch, tf.constant(start_step * b, tf.int64), 0)
-        return ds.skip(skip).map(lambda d: {**d, "epoch": epoch})
-
-    loader = split.make_loader()
-    labels = tf.constant(split.labels)
-    augment_fn = _train_fn(cfg, src, seed)
-
-    def load(d):
-        key = augment.example_seed(seed, d["epoch"], d["index"], stream=1)
-        return {
-            "image": augment_fn(loader(d["index"]), key),
-            "label": tf.gather(labels, d["index"]),
-            "epoch": d["epoch"],
-            "pos": d["pos"],
-        }
-
-    ds = tf.data.Dataset.range(start_epoch, _MAX_EPOCHS).flat_map(epoch_ds)
-    ds = ds.map(load, num_parallel_calls=_parallel(cfg), deterministic=True)
-    ds = ds.ignore_errors().batch(b, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    ds = _options(ds, cfg)
-
-    orders: dict[int, np.ndarray] = {}
-
-    def describe(epoch: int, pos: int) -> str:
-        if epoch not in orders:
-            orders.clear()
-            orders[epoch] = local_epoch_order(n, seed, epoch, steps, p, n_proc, b).numpy()
-        return split.describe(int(orders[epoch][pos]))
-
-    tracker = _GapTracker(
-        describe, skip=cfg.skip_corrupt, per_epoch=per_epoch, start=(start_epoch, start_step * b)
-    )
-    return ds.as_numpy_iterator(), tracker
-
-
-def _tfds_train(cfg, src, *, seed, start_epoch, start_step, steps, p, n_proc, b):
-    augment_fn = _train_fn(cfg, src, seed)
-
-    def epoch_stream():
-        for epoch in range(start_epoch, _MAX_EPOCHS):
-            skip = start_step * b if epoch == start_epoch else 0
-            ds = sources.imagenet.train_records(
-                src.tfds_builder,
-                src.train_split,
-                seed=seed,
-                epoch=epoch,
-                process_index=p,
-                process_count=n_proc,
-                skip=skip,
-                take=steps * b - skip,
-                shuffle_buffer=cfg.shuffle_buffer,
-            )
-
-            def load(d, epoch=epoch):
-                # Example key: its position in the global epoch order (unique per epoch).
-                index = (d["pos"] // b) * (b * n_proc) + p * b + d["pos"] % b
-                key = augment.example_seed(seed, epoch, index, stream=1)
-                return {
-                    "image": augment_fn(d["image"], key),
-                    "label": d["label"],
-                    "epoch": tf.constant(epoch, tf.int64),
-                    "pos": d["pos"],
-                }
-
-            ds = ds.map(load, num_parallel_calls=_parallel(cfg), deterministic=True)
-            ds = ds.ignore_errors().batch(b, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-            yield from _options(ds, cfg).as_numpy_iterator()
-
-    def describe(epoch: int, pos: int) -> str:
-        return f"imagenet2012 {src.train_split} record {pos} of epoch {epoch} on process {p}"
-
-    tracker = _GapTracker(describe, skip=cfg.skip_corrupt, start=(start_epoch, start_step * b))
-    return epoch_stream(), tracker
-
-
-def _checked(
-    stream: Iterator[dict], tracker: _GapTracker, sharding, size: int, eval_mode: bool = False
-) -> Iterator[dict]:
-    """Check for gaps, drop bookkeeping keys, convert to global arrays, prefetch."""
-
-    def gen():
-        for batch in stream:
-            tracker.check(batch.pop("epoch"), batch.pop("pos"))
-            yield shard_lib.to_global(batch, sharding)
-        if eval_mode:
-            tracker.finish()
-
-    return shard_lib.prefetch(gen(), size)
+def _to_global(stream: Iterator[dict], sharding, size: int) -> Iterator[dict]:
+    """Per-process numpy batches -> global arrays, ``size`` batches in flight."""
+    return shard_lib.prefetch((shard_lib.to_global(b, sharding) for b in stream), size)
 
 
 def train_batches(
@@ -378,6 +83,7 @@ def train_batches(
       corrupt files skipped.
     """
     cfg = config.resolve(cfg)
+    requires.check_available(cfg)
     p, n_proc = shard_lib.resolve_process(process_index, process_count)
     b = shard_lib.local_batch_size(global_batch_size, n_proc)
     src = source or sources.make_source(cfg)
@@ -396,12 +102,17 @@ def train_batches(
     kw = dict(
         seed=seed, start_epoch=start_epoch, start_step=start_step, steps=steps, p=p, n_proc=n_proc
     )
+    if requires.tf_pipeline_name(cfg) is None:  # digits: numpy
+        stream = memory_pipeline.train_stream(cfg, src, b=b, **kw)
+        return BatchIterator(_to_global(stream, sharding, cfg.prefetch), **common)
+    from lmsgd.data import tf_pipeline
+
     if src.train is not None:
-        stream, tracker = _indexed_train(cfg, src, src.train, b=b, **kw)
+        stream, tracker = tf_pipeline.indexed_train(cfg, src, src.train, b=b, **kw)
     else:
-        stream, tracker = _tfds_train(cfg, src, b=b, **kw)
+        stream, tracker = tf_pipeline.tfds_train(cfg, src, b=b, **kw)
     return BatchIterator(
-        _checked(stream, tracker, sharding, cfg.prefetch), tracker=tracker, **common
+        checked(stream, tracker, sharding, cfg.prefetch), tracker=tracker, **common
     )
 
 
@@ -422,6 +133,7 @@ def eval_batches(
     Shapes are per process ([G / process_count]) when ``sharding`` is None.
     """
     cfg = config.resolve(cfg)
+    requires.check_available(cfg)
     p, n_proc = shard_lib.resolve_process(process_index, process_count)
     b = shard_lib.local_batch_size(global_batch_size, n_proc)
     src = source or sources.make_source(cfg)
@@ -431,56 +143,13 @@ def eval_batches(
         if sharding is None:
             batch = {k: v[p * b : (p + 1) * b] for k, v in batch.items()}
         return BatchIterator(synthetic.eval_stream(info, global_batch_size, b, batch, sharding, p))
-    num_batches = math.ceil(info.num_eval_examples / global_batch_size)
-    eval_fn = _eval_fn(cfg, src)
-    if src.eval is not None:
-        split = src.eval
-        real, _ = shard_lib.eval_local_indices(len(split), global_batch_size, p, n_proc)
-        loader = split.make_loader()
-        labels = tf.constant(split.labels)
-        ds = tf.data.Dataset.from_tensor_slices(
-            {"index": real, "pos": np.arange(len(real), dtype=np.int64)}
-        )
+    kw = dict(global_batch_size=global_batch_size, p=p, n_proc=n_proc, b=b)
+    if requires.tf_pipeline_name(cfg) is None:  # digits: numpy
+        stream = memory_pipeline.eval_stream(cfg, src, **kw)
+        return BatchIterator(_to_global(stream, sharding, cfg.prefetch))
+    from lmsgd.data import tf_pipeline
 
-        def load(d):
-            return {
-                "image": eval_fn(loader(d["index"])),
-                "label": tf.gather(labels, d["index"]),
-                "pos": d["pos"],
-            }
-
-        def describe(epoch: int, pos: int) -> str:
-            return split.describe(int(real[pos]))
-
-        end = len(real)
-    else:
-        ds = sources.imagenet.eval_records(
-            src.tfds_builder, src.eval_split, process_index=p, process_count=n_proc
-        )
-
-        def load(d):
-            return {"image": eval_fn(d["image"]), "label": d["label"], "pos": d["pos"]}
-
-        def describe(epoch: int, pos: int) -> str:
-            return f"imagenet2012 {src.eval_split} record {pos} on process {p}"
-
-        end = None  # TFDS slice sizes are not known without metadata (mocked datasets).
-    size = cfg.image_size
-    ds = ds.map(load, num_parallel_calls=_parallel(cfg), deterministic=True).ignore_errors()
-    ds = ds.map(lambda d: {**d, "mask": tf.constant(1.0), "epoch": tf.constant(0, tf.int64)})
-    pad = {
-        "image": tf.zeros([size, size, 3], _tf_dtype(cfg)),
-        "label": tf.constant(0, tf.int32),
-        "pos": tf.constant(-1, tf.int64),
-        "mask": tf.constant(0.0),
-        "epoch": tf.constant(0, tf.int64),
-    }
-    # Real examples first, then padding up to the same batch count on every process.
-    ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat())
-    ds = ds.take(num_batches * b).batch(b).prefetch(tf.data.AUTOTUNE)
-    ds = _options(ds, cfg)
-    tracker = _GapTracker(describe, skip=cfg.skip_corrupt, end=end)
+    stream, tracker = tf_pipeline.eval_stream(cfg, src, **kw)
     return BatchIterator(
-        _checked(ds.as_numpy_iterator(), tracker, sharding, cfg.prefetch, eval_mode=True),
-        tracker=tracker,
+        checked(stream, tracker, sharding, cfg.prefetch, eval_mode=True), tracker=tracker
     )

@@ -7,6 +7,9 @@ Two kinds of source feed the pipeline:
   before any file is read.
 * TFDS records (imagenet2012): sequential TFRecords, see :mod:`lmsgd.data.imagenet`.
 
+Building a source needs no TensorFlow except for imagenet2012 (the TFDS builder): image
+folders are listed, digits come from scikit-learn. The tf.data loaders import it when called.
+
 ``synthetic`` needs no source beyond its :class:`DatasetInfo` (see :mod:`lmsgd.data.synthetic`).
 """
 
@@ -16,13 +19,16 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lmsgd.data import augment, config, digits, folders, imagenet
-from lmsgd.data._tf import tf
+from lmsgd.data import config, digits, folders, requires
+from lmsgd.data.config import IMAGENET_MEAN, IMAGENET_STD
 from lmsgd.data.info import DatasetInfo
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +42,14 @@ class IndexedSplit:
       make_loader: builds (inside the tf.data graph) index -> image, where image is encoded
         bytes (tf.string) or decoded uint8 [h, w, 3].
       describe: index -> human-readable origin (a file path) for error messages.
+      images: the decoded uint8 [N, h, w, 3] images when they are all in memory (digits),
+        for the pipeline that runs without TensorFlow; None otherwise.
     """
 
     labels: np.ndarray
     make_loader: Callable[[], Callable[[tf.Tensor], tf.Tensor]]
     describe: Callable[[int], str]
+    images: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -97,10 +106,14 @@ def _digits_source(cfg, shape) -> Source:
         images, labels = splits[name]
 
         def make_loader():
+            tf = requires.tensorflow("digits inception-crop")
             table = tf.constant(images)  # [N, 8, 8, 3] uint8, 200 KB: always in memory.
             return lambda i: tf.gather(table, i)
 
-        return IndexedSplit(labels, make_loader, lambda i: f"digits {name} example {i}")
+        def describe(i: int) -> str:
+            return f"digits {name} example {i}"
+
+        return IndexedSplit(labels, make_loader, describe, images=images)
 
     train, ev = indexed("train"), indexed("eval")
     info = DatasetInfo(
@@ -129,6 +142,7 @@ def _folder_source(cfg, shape) -> Source:
         else:
 
             def make_loader():
+                tf = requires.tensorflow("image-folder")
                 paths = tf.constant(split.paths)
                 return lambda i: tf.io.read_file(tf.gather(paths, i))
 
@@ -136,8 +150,8 @@ def _folder_source(cfg, shape) -> Source:
 
     return Source(
         info,
-        augment.IMAGENET_MEAN,
-        augment.IMAGENET_STD,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
         train=indexed(train),
         eval=indexed(ev),
         train_split=cfg.train_split,
@@ -152,6 +166,9 @@ def _decode_all(split: folders.FolderSplit, skip_corrupt: bool):
     Variable-size images are packed into one flat buffer so that a lookup is a slice.
     A file that fails to decode gets shape (0, 0, 3); with skip_corrupt=False it is an error.
     """
+    from lmsgd.data import augment
+
+    tf = requires.tensorflow("image-folder")
     n = len(split)
     paths = tf.constant(split.paths)
     ds = tf.data.Dataset.range(n).map(
@@ -183,6 +200,7 @@ def _decode_all(split: folders.FolderSplit, skip_corrupt: bool):
 
 
 def _decoded_cache_loader(split: folders.FolderSplit, skip_corrupt: bool):
+    tf = requires.tensorflow("image-folder")
     flat, offsets, shapes, _ = _decode_all(split, skip_corrupt)
     flat_t = tf.constant(flat)
     offsets_t, shapes_t = tf.constant(offsets), tf.constant(shapes)
@@ -200,6 +218,9 @@ def _decoded_cache_loader(split: folders.FolderSplit, skip_corrupt: bool):
 
 
 def _imagenet_source(cfg, shape) -> Source:
+    requires.tensorflow_datasets("imagenet2012 (TFDS)")
+    from lmsgd.data import imagenet
+
     builder = imagenet.get_builder(cfg.data_dir, cfg.manual_dir)
     eval_split = "validation" if cfg.eval_split == "auto" else cfg.eval_split
     info = DatasetInfo(
@@ -211,8 +232,8 @@ def _imagenet_source(cfg, shape) -> Source:
     )
     return Source(
         info,
-        augment.IMAGENET_MEAN,
-        augment.IMAGENET_STD,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
         tfds_builder=builder,
         train_split=cfg.train_split,
         eval_split=eval_split,
