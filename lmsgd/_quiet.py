@@ -15,7 +15,7 @@ Two environment defaults fix most of it, and neither overrides what the user set
   GPUs or TPUs keeps JAX's own choice of backend.
 
 TensorFlow 2.21 prints its oneDNN banner through absl below that setting's reach: the import
-of `tensorflow`, whoever triggers it (clu, tfds, our input pipeline), runs with the process's
+of `tensorflow`, whoever triggers it (tfds, our tf.data pipelines), runs with the process's
 stderr captured, and every captured line that is not the banner is written back.
 
 The CUDA plugin logs "Could not find cuda drivers" from C++ while `import jax` loads it and
