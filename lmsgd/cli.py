@@ -89,7 +89,10 @@ def _explain_override(
 
 
 def parse(
-    argv: Sequence[str], define_extra: Callable[[Any], None] | None = None
+    argv: Sequence[str],
+    define_extra: Callable[[Any], None] | None = None,
+    *,
+    require_workdir: bool = True,
 ) -> tuple[ml_collections.ConfigDict, Any]:
     """Parses `--config`, its overrides, `--workdir` and extra flags into (config, flags).
 
@@ -104,13 +107,13 @@ def parse(
     # flag is defined: define and parse with `argv` in sys.argv.
     saved_argv, sys.argv = sys.argv, list(argv)
     try:
-        return _parse(argv, define_extra)
+        return _parse(argv, define_extra, require_workdir)
     finally:
         sys.argv = saved_argv
 
 
 def _parse(
-    argv: Sequence[str], define_extra: Callable[[Any], None] | None
+    argv: Sequence[str], define_extra: Callable[[Any], None] | None, require_workdir: bool
 ) -> tuple[ml_collections.ConfigDict, Any]:
     from absl import flags
     from ml_collections import config_flags
@@ -136,7 +139,7 @@ def _parse(
         raise ConfigError(_explain_override(config, argv[1:], e)) from e
     if len(rest) > 1:
         raise ConfigError(f"unexpected arguments {rest[1:]}; flags are --name=value")
-    if not fv.workdir:
+    if require_workdir and not fv.workdir:
         raise ConfigError("--workdir is required (the run's directory)")
     validate_config(fv.config)
     return fv.config, fv
