@@ -146,7 +146,10 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv if argv is None else argv)
     if "--help" in argv or "-h" in argv:
-        print(__doc__.split("\n\n")[0] + "\n\nusage: " + main.__doc__.split(":", 1)[1].strip())
+        print(
+            "usage: python -m lmsgd.layout --config CONFIG[:ARG] --devices N [--processes P] "
+            "[--config.KEY=VALUE ...]\n\n" + __doc__.split("\n\n")[0]
+        )
         return 0
 
     def define(fv: Any) -> None:
