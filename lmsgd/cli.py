@@ -68,6 +68,8 @@ def _explain_override(
     config: ml_collections.ConfigDict, argv: Sequence[str], err: Exception
 ) -> str:
     """Names the override that failed: unknown keys with the closest valid names."""
+    from lmsgd.config import where_it_went
+
     for a in argv:
         if not a.startswith("--config."):
             continue
@@ -75,6 +77,9 @@ def _explain_override(
         node: Any = config
         for depth, part in enumerate(path.split(".")):
             if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                homes = where_it_went(path)
+                if homes:  # a key that moved: name its new place (docs/optimizer.md)
+                    return f"config key config.{path} belongs to: {' or '.join(homes)}"
                 keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
                 where = ".".join(path.split(".")[:depth])
                 near = schema.closest(part, keys)
@@ -84,6 +89,14 @@ def _explain_override(
                     f"config{'.' + where if where else ''}: {', '.join(sorted(keys))})"
                 )
             node = node[part]
+        if isinstance(node, ml_collections.ConfigDict):  # a value for a whole section
+            keys = sorted(node.keys())
+            homes = where_it_went(path)  # `optimizer.momentum`: also a key of other recipes
+            also = f"; a key of this name is in {', '.join(homes)}" if homes else ""
+            return (
+                f"config.{path} is a section, not a value (keys: {', '.join(keys)}): set "
+                f"--config.{path}.{keys[0]}={value}{also}"
+            )
     text = str(err).split("\n")[0]
     return f"bad command-line override: {text}"
 

@@ -288,6 +288,19 @@ SECTIONS: dict[str, s.Section] = {
 TOP = s.Section("", TOP_LEVEL)
 
 
+def where_it_went(path: str) -> list[str]:
+    """Where a key path that is not in the schema lives now (`config.`-prefixed paths), for a
+    one-line hint: `optimizer.beta_center` -> `config.optimizer.rmsprop_warmup.beta_center`,
+    `optimizer.slow_start_boundaries` -> `config.optimizer.slow_start.boundaries`, a section's
+    key given at the top level (`bn_group_size`) -> `config.model.bn_group_size`."""
+    parts = path.removeprefix("config.").split(".")
+    if len(parts) == 2 and parts[0] == "optimizer":
+        return OPTIMIZER.where_it_went(parts[1])
+    if len(parts) == 1:
+        return [s.path(parts[0]) for s in SECTIONS.values() if parts[0] in s.keys]
+    return []
+
+
 def base_config() -> ml_collections.ConfigDict:
     """Every key with its default (the paper's recipe on ImageNet-sized settings), locked.
 
