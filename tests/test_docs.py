@@ -20,7 +20,8 @@ def test_extraction_is_not_vacuous():
     assert {"model.bn_virtual_batch_size", "allreduce.algorithm", "data.data_dir"} <= keys
     assert len(keys) > 40 and len(cmds) > 40
     paper = ["--config", "configs/imagenet_resnet50_akiba32k.py", "--workdir",
-             "gs://BUCKET/akiba32k", "--config.data.data_dir=gs://BUCKET/tensorflow_datasets"]  # fmt: skip
+             "gs://BUCKET/akiba32k",
+             "--config.data.data_dir=gs://BUCKET/tensorflow_datasets"]  # fmt: skip
     assert ("lmsgd.train", paper) in cmds
 
 
