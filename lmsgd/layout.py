@@ -51,7 +51,8 @@ class Layout:
         mesh = "x".join(map(str, self.mesh_shape)) if self.mesh_shape else str(self.devices)
         return (
             f"{self.devices} devices ({self.processes} processes) x {self.per_device_batch} "
-            f"images = {self.accumulation_steps} micro-batches x {self.micro_batch}; "
+            f"images = {self.accumulation_steps} micro-batch{'es' if self.accumulation_steps > 1 else ''}"
+            f" of {self.micro_batch}; "
             f"BN over {self.bn_span} images; all-reduce {self.algorithm} {self.dtype} "
             f"on mesh {mesh}"
         )
