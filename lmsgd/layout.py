@@ -49,10 +49,10 @@ class Layout:
     def describe(self) -> str:
         """One line: per-device batch, BN span and all-reduce."""
         mesh = "x".join(map(str, self.mesh_shape)) if self.mesh_shape else str(self.devices)
+        k = self.accumulation_steps
         return (
             f"{self.devices} devices ({self.processes} processes) x {self.per_device_batch} "
-            f"images = {self.accumulation_steps} micro-batch{'es' if self.accumulation_steps > 1 else ''}"
-            f" of {self.micro_batch}; "
+            f"images = {k} micro-batch{'es' if k > 1 else ''} of {self.micro_batch}; "
             f"BN over {self.bn_span} images; all-reduce {self.algorithm} {self.dtype} "
             f"on mesh {mesh}"
         )
@@ -90,7 +90,11 @@ def resolve(config: Mapping[str, Any], devices: int, processes: int = 1) -> Layo
     device's micro-batch)."""
     g = config["global_batch_size"]
     if g % devices:
-        raise ConfigError(f"config.global_batch_size={g} is not divisible by the {devices} devices")
+        raise ConfigError(
+            f"config.global_batch_size={g} is not divisible by the {devices} devices; use a "
+            f"multiple of {devices} (e.g. {max(devices, g // devices * devices)} or "
+            f"{(g // devices + 1) * devices})"
+        )
     per_device = g // devices
     k = config["accumulation_steps"] or 1
     if per_device % k:
