@@ -66,3 +66,19 @@ def test_layout_command_prints_the_line_and_refuses_in_one_line(capsys):
     assert main(["lmsgd.layout", "--config", PAPER, "--devices", "2048"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "bn_virtual_batch_size=32" in err
+
+
+def test_build_resolves_auto_and_refuses_what_the_devices_cannot_hold():
+    """The driver's set-up (lmsgd.run.build) on this session's 8 devices: 'auto' becomes a
+    concrete algorithm before the step is built; a BN span larger than a device's batch fails
+    before anything is compiled."""
+    from helpers import tiny_config
+
+    from lmsgd.run import build
+
+    run = build(tiny_config(**{"allreduce.algorithm": "auto", "allreduce.dtype": "float16",
+                               "model.bn_virtual_batch_size": 4}))  # fmt: skip
+    assert run.config.allreduce.algorithm == "flat"  # 8 devices in one process: one level
+    assert run.plan.bn_span_examples == 4 and run.plan.per_device_batch == 8
+    with pytest.raises(ConfigError, match="BN over 16 images needs at least 16"):
+        build(tiny_config(**{"model.bn_virtual_batch_size": 16}))
