@@ -79,7 +79,10 @@ def _explain_override(
             if not isinstance(node, ml_collections.ConfigDict) or part not in node:
                 homes = where_it_went(path)
                 if homes:  # a key that moved: name its new place (docs/optimizer.md)
-                    return f"config key config.{path} belongs to: {' or '.join(homes)}"
+                    kind = (
+                        "a recipe's own section" if path.startswith("optimizer.") else "a section"
+                    )
+                    return f"config key config.{path} belongs to {kind}: {' or '.join(homes)}"
                 keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
                 where = ".".join(path.split(".")[:depth])
                 near = schema.closest(part, keys)
