@@ -32,36 +32,60 @@ def _plan(path: str, name: str, value: Callable[[dict], str], quotes: Mapping[st
 V5P = "results/plan/akiba32k_v5p_8x8x16.json"  # python -m lmsgd.plan ... --target tpu:v5p:8x8x16
 
 FIGURES = [
-    _plan(V5P, "v5p step time (ms)", lambda p: f"{p['estimate']['step_s'] * 1e3:.1f}", {
-        "README.md": rf"1,024-chip TPU v5p slice.*?estimated {NUMBER} ms per step",
-        "docs/performance.md": rf"\| estimated step \| {NUMBER} ms",
-        "docs/planning.md": rf"tpu:v5p:8x8x16` \|.*?estimate {NUMBER} ms per step",
-    }),
-    _plan(V5P, "v5p 90 epochs (s)", lambda p: f"{p['estimate']['run_s']:.0f}", {
-        "README.md": rf"1,024-chip TPU v5p slice.*?ms per step, {NUMBER} s for 90 epochs",
-        "docs/performance.md": rf"\| estimated step \|.*?\({NUMBER} s for 90 epochs\)",
-        "docs/planning.md": rf"tpu:v5p:8x8x16` \|.*?\*\*{NUMBER} s for 90 epochs\*\*",
-    }),
-    _plan(V5P, "v5p bytes accessed (GB)", lambda p: f"{p['bytes_accessed'] / 1e9:.1f}", {
-        "docs/performance.md": rf"\| bytes accessed \| {NUMBER} GB \|",
-        "docs/planning.md": rf"tpu:v5p:8x8x16` \|.*?GFLOP and {NUMBER} GB per chip per step",
-    }),
-    _plan(V5P, "v5p FLOPs (GFLOP)", lambda p: f"{p['flops'] / 1e9:.0f}", {
-        "docs/performance.md": rf"\| FLOPs \| {NUMBER} GFLOP",
-        "docs/planning.md": rf"tpu:v5p:8x8x16` \|.*?; {NUMBER} GFLOP and",
-    }),
-    _plan(V5P, "v5p peak memory (GiB)", lambda p: f"{p['memory']['peak'] / 2**30:.2f}", {
-        "README.md": rf"1,024-chip TPU v5p slice.*?fits in {NUMBER} GiB per chip",
-        "docs/performance.md": rf"\| peak memory \| {NUMBER} GiB",
-        "docs/planning.md": rf"tpu:v5p:8x8x16` \|.*?fits: {NUMBER} GiB peak per chip",
-    }),
+    _plan(
+        V5P,
+        "v5p step time (ms)",
+        lambda p: f"{p['estimate']['step_s'] * 1e3:.1f}",
+        {
+            "README.md": rf"1,024-chip TPU v5p slice.*?estimated {NUMBER} ms per step",
+            "docs/performance.md": rf"\| estimated step \| {NUMBER} ms",
+            "docs/planning.md": rf"tpu:v5p:8x8x16` \|.*?estimate {NUMBER} ms per step",
+        },
+    ),
+    _plan(
+        V5P,
+        "v5p 90 epochs (s)",
+        lambda p: f"{p['estimate']['run_s']:.0f}",
+        {
+            "README.md": rf"1,024-chip TPU v5p slice.*?ms per step, {NUMBER} s for 90 epochs",
+            "docs/performance.md": rf"\| estimated step \|.*?\({NUMBER} s for 90 epochs\)",
+            "docs/planning.md": rf"tpu:v5p:8x8x16` \|.*?\*\*{NUMBER} s for 90 epochs\*\*",
+        },
+    ),
+    _plan(
+        V5P,
+        "v5p bytes accessed (GB)",
+        lambda p: f"{p['bytes_accessed'] / 1e9:.1f}",
+        {
+            "docs/performance.md": rf"\| bytes accessed \| {NUMBER} GB \|",
+            "docs/planning.md": rf"tpu:v5p:8x8x16` \|.*?GFLOP and {NUMBER} GB per chip per step",
+        },
+    ),
+    _plan(
+        V5P,
+        "v5p FLOPs (GFLOP)",
+        lambda p: f"{p['flops'] / 1e9:.0f}",
+        {
+            "docs/performance.md": rf"\| FLOPs \| {NUMBER} GFLOP",
+            "docs/planning.md": rf"tpu:v5p:8x8x16` \|.*?; {NUMBER} GFLOP and",
+        },
+    ),
+    _plan(
+        V5P,
+        "v5p peak memory (GiB)",
+        lambda p: f"{p['memory']['peak'] / 2**30:.2f}",
+        {
+            "README.md": rf"1,024-chip TPU v5p slice.*?fits in {NUMBER} GiB per chip",
+            "docs/performance.md": rf"\| peak memory \| {NUMBER} GiB",
+            "docs/planning.md": rf"tpu:v5p:8x8x16` \|.*?fits: {NUMBER} GiB peak per chip",
+        },
+    ),
 ]
 
 
 def _pages() -> dict[str, str]:
     return {
-        name: (REPO / name).read_text()
-        for name in {page for f in FIGURES for page in f.quotes}
+        name: (REPO / name).read_text() for name in {page for f in FIGURES for page in f.quotes}
     }
 
 

@@ -51,3 +51,34 @@ def test_a_bad_key_a_moved_key_and_a_bad_flag_are_found():
         "snippet: lmsgd.bench: unknown option --no_such_option",
         "snippet: no module lmsgd.nothing_here",
     ]
+
+
+def test_quoted_figures_match_their_results_files():
+    """Figures quoted on several pages come from one committed results file (tests/doc_figures)."""
+    from tests import doc_figures
+
+    assert doc_figures.problems() == []
+
+
+def test_a_figure_that_differs_from_its_results_file_is_found():
+    import json
+    import re
+
+    from tests import doc_figures
+
+    figure = doc_figures.FIGURES[0]  # the v5p step time
+    want = figure.value(json.loads((doc_figures.REPO / figure.results).read_text()))
+    pages = doc_figures._pages()
+    pattern = figure.quotes["README.md"]
+    wrong = f"{float(want) + 0.8:.1f}"
+    match = re.search(pattern, pages["README.md"])
+    assert match and match.group(1) == want
+    pages["README.md"] = (
+        pages["README.md"][: match.start(1)] + wrong + pages["README.md"][match.end(1) :]
+    )
+    assert doc_figures.problems(pages) == [
+        f"README.md: {figure.name} quoted as {wrong}, {figure.results} says {want}"
+    ]
+    del pages["docs/performance.md"], pages["docs/planning.md"]
+    pages["README.md"] = "no figures here"
+    assert len(doc_figures.problems(pages)) == 3  # README quotes three v5p figures
