@@ -73,7 +73,7 @@ FIGURES = [
     _plan(
         V5P,
         "v5p peak memory (GiB)",
-        lambda p: f"{p['memory']['peak'] / 2**30:.2f}",
+        lambda p: f"{p['memory']['peak_bytes'] / 2**30:.2f}",
         {
             "README.md": rf"1,024-chip TPU v5p slice.*?fits in {NUMBER} GiB per chip",
             "docs/performance.md": rf"\| peak memory \| {NUMBER} GiB",
