@@ -82,3 +82,17 @@ def test_build_resolves_auto_and_refuses_what_the_devices_cannot_hold():
     assert run.plan.bn_span_examples == 4 and run.plan.per_device_batch == 8
     with pytest.raises(ConfigError, match="BN over 16 images needs at least 16"):
         build(tiny_config(**{"model.bn_virtual_batch_size": 16}))
+
+
+def test_committed_v5p_plan_was_made_with_the_layout_the_driver_resolves():
+    """results/plan/akiba32k_v5p_8x8x16.json (the figures the docs quote) planned the paper's
+    config with the all-reduce and mesh the driver picks on 1,024 chips in 256 hosts."""
+    import json
+
+    plan = json.loads((pathlib.Path(PAPER).parents[1] / "results/plan/akiba32k_v5p_8x8x16.json")
+                      .read_text())  # fmt: skip
+    layout = resolve(load_config_file(PAPER), 1024, 256)
+    assert plan["allreduce"]["algorithm"] == layout.algorithm == "two_dimensional"
+    assert plan["allreduce"]["dtype"] == layout.dtype == "float16"
+    assert tuple(plan["mesh"].values()) == layout.mesh_shape == (256, 4)
+    assert plan["bn_span"] == layout.bn_span == 32

@@ -315,11 +315,14 @@ def plan(
         raise targets_lib.PlanError(
             f"--measure runs on this machine's devices: use --target cpu:N, not {parsed.spec}"
         )
-    # 'auto' all-reduce: the algorithm the driver would pick on the target's nodes.
+    # 'auto' all-reduce: the algorithm the driver would pick on the target's nodes (one node:
+    # flat, as the planner's 2-D mesh follows the nodes).
     algorithm, _ = layout_lib.resolve_algorithm(
         config.allreduce.algorithm, config.allreduce.dtype, None, parsed.num_devices,
         parsed.num_nodes,
     )  # fmt: skip
+    if config.allreduce.algorithm == layout_lib.AUTO and parsed.num_nodes == 1:
+        algorithm = "flat"
     if algorithm != config.allreduce.algorithm:
         config = config.copy_and_resolve_references()
         with config.unlocked():
