@@ -51,7 +51,7 @@
 #   # v4-256 = 128 chips on 32 hosts; JAX sees one device per v4/v5p chip (the two
 #   # TensorCores act as one, "megacore"), so 128 devices x 256 images = 32,768, which the
 #   # config normalizes in groups of 32 images (the paper's BN span) and all-reduces in
-#   # float16 over (32 hosts, 4 chips) in two levels. --dry-run ends with this resolved
+#   # float16 over (32 hosts, 4 chips) in two levels. --dry-run starts with this resolved
 #   # layout (`python -m lmsgd.layout`); docs/scaling_out.md has the table of slices.
 set -euo pipefail
 
@@ -179,6 +179,11 @@ gcloud_flags=(--zone "$ZONE")
 [[ -z "${PROJECT:-}" ]] || gcloud_flags+=(--project "$PROJECT")
 ssh_all=(gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${gcloud_flags[@]}" --worker=all)
 
+# --dry-run starts with the layout (a refusal prints nothing else).
+if ((dry_run && do_run && !stop)); then
+  print_layout
+fi
+
 if ((stop)); then
   run "${ssh_all[@]}" --command "kill -TERM \"\$(cat ~/$pid_file)\" && echo sent SIGTERM"
   exit 0
@@ -237,8 +242,4 @@ fi
 if ((do_tail)); then
   run gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${gcloud_flags[@]}" --worker=0 \
     --command "tail -n +1 -F ~/$log_file"
-fi
-
-if ((dry_run && do_run)); then
-  print_layout
 fi

@@ -336,7 +336,7 @@ def test_tpu_dry_run_creates_installs_runs_and_tails():
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[-1].startswith("# layout: ")  # resolved by this repo, or said it could not be
+    assert lines[0].startswith("# layout: ")  # resolved by this repo, or said it could not be
     commands = [shlex.split(line) for line in lines if not line.startswith("#")]
     assert [c[:4] for c in commands] == [["gcloud", "compute", "tpus", "tpu-vm"]] * 4
     create, install, run, tail = commands
