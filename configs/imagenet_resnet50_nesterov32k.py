@@ -10,19 +10,10 @@ Recipe: Nado et al., "A Large Batch Optimizer Reality Check", arXiv 2102.06356. 
     momentum matching previous best LARS of 2512 steps to 75.9% ... at batch sizes of 32,768",
     citing Nado et al.); here 2,512 / 39 epochs of this project's 39 steps (1,281,167 // 32,768),
     exactly 2,512 steps;
-  - GUESSES / UNVERIFIED, kept from before: base rate 10, 5 warm-up epochs, polynomial decay with
-    power 2 to 0, momentum 0.9, weight decay 1e-4 not on BN and biases, label smoothing 0 (the
-    key's default). Nado et al.'s appendix table of tuned ResNet-50 values at 32,768 (rate,
-    warm-up, decay, 1 - momentum, L2, label smoothing) could not be read: arXiv is unreachable
-    from this machine and no stored copy of the appendix was found (searched: the paper's
-    pages, google/init2winit, the MLPerf v0.6/v0.7/v1.0 Google ResNet submissions, GitHub
-    issues). Circumstantial only: the MLPerf v0.7 JAX code its budget comes from
-    (mlcommons/training_results_v0.7
-    Google/benchmarks/resnet/implementations/resnet-research-JAX-tpu-v3-8192/train.py) has a
-    Nesterov branch with no decay on biases and BN scales and label smoothing 0.1 by default,
-    and the Shampoo README above tunes "following" Nado et al. with linear warm-up and
-    quadratic decay. Replace with the table's values before citing.
-Expected: 75.9% top-1 in 2,512 steps (the README above; not measured here).
+  - the tuned values (base rate 10, 5 warm-up epochs, polynomial decay with power 2 to 0,
+    momentum 0.9, weight decay 1e-4 not on BN and biases, no label smoothing) are not from
+    Nado et al.'s table: an open question, docs/recipe.md ("Open questions", 5).
+Expected: 75.9% top-1 in 2,512 steps (Nado et al.'s figure).
 """
 
 from lmsgd.config import load_config_file

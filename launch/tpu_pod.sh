@@ -49,8 +49,10 @@
 #   WORKDIR=gs://my-bucket/runs/akiba32k REPO_URL=https://github.com/me/lmsgd.git \
 #     launch/tpu_pod.sh --create -- --config.data.data_dir=gs://my-bucket/tfds
 #   # v4-256 = 128 chips on 32 hosts; JAX sees one device per v4/v5p chip (the two
-#   # TensorCores act as one, "megacore"), so 128 devices x 256 images = 32,768.
-#   # docs/scaling_out.md has the table of slices and per-device batches.
+#   # TensorCores act as one, "megacore"), so 128 devices x 256 images = 32,768, which the
+#   # config normalizes in groups of 32 images (the paper's BN span) and all-reduces in
+#   # float16 over (32 hosts, 4 chips) in two levels. --dry-run starts with this resolved
+#   # layout (`python -m lmsgd.layout`); docs/scaling_out.md has the table of slices.
 set -euo pipefail
 
 usage() {
@@ -132,9 +134,55 @@ run() {
   fi
 }
 
+# Chips (JAX devices) and hosts of ACCELERATOR_TYPE: v4/v5p names count TensorCores (2 per
+# chip), v5e/v6e names count chips; 4 chips per host, except single-host 8-chip v5e/v6e.
+slice_devices() {
+  local n="${ACCELERATOR_TYPE##*-}" chips per_host=4
+  [[ "$n" =~ ^[0-9]+$ ]] || return 1
+  case "$ACCELERATOR_TYPE" in
+    v4-* | v5p-*) chips=$((n / 2)) ;;
+    *) chips=$n ;;
+  esac
+  ((chips != 8)) || [[ "$ACCELERATOR_TYPE" == v4-* || "$ACCELERATOR_TYPE" == v5p-* ]] ||
+    per_host=8
+  ((chips >= per_host)) || per_host=$chips
+  echo "$chips $((chips / per_host))"
+}
+
+# --dry-run: the recipe as it lands on the slice (per-device batch, BN span, all-reduce), or
+# the driver's one-line refusal (then exits 2). Only --config.* arguments matter.
+print_layout() {
+  local overrides=() arg out status=0 sizes
+  sizes="$(slice_devices)" || {
+    echo "# layout: not resolved (unknown slice size in ACCELERATOR_TYPE=$ACCELERATOR_TYPE)"
+    return
+  }
+  if ((${#train_args[@]})); then
+    for arg in "${train_args[@]}"; do [[ "$arg" != --config.* ]] || overrides+=("$arg"); done
+  fi
+  local here
+  here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  out="$(cd "$here" && "${PYTHON:-python3}" -m lmsgd.layout --config "$CONFIG" \
+    --devices "${sizes% *}" --processes "${sizes#* }" ${overrides[@]+"${overrides[@]}"} 2>&1)" ||
+    status=$?
+  if ((status == 2)); then
+    echo "$out" >&2
+    exit 2
+  elif ((status)); then
+    echo "# layout: not resolved (${PYTHON:-python3} cannot run lmsgd.layout here)"
+  else
+    echo "# layout: $out"
+  fi
+}
+
 gcloud_flags=(--zone "$ZONE")
 [[ -z "${PROJECT:-}" ]] || gcloud_flags+=(--project "$PROJECT")
 ssh_all=(gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${gcloud_flags[@]}" --worker=all)
+
+# --dry-run starts with the layout (a refusal prints nothing else).
+if ((dry_run && do_run && !stop)); then
+  print_layout
+fi
 
 if ((stop)); then
   run "${ssh_all[@]}" --command "kill -TERM \"\$(cat ~/$pid_file)\" && echo sent SIGTERM"

@@ -68,6 +68,8 @@ def _explain_override(
     config: ml_collections.ConfigDict, argv: Sequence[str], err: Exception
 ) -> str:
     """Names the override that failed: unknown keys with the closest valid names."""
+    from lmsgd.config import where_it_went
+
     for a in argv:
         if not a.startswith("--config."):
             continue
@@ -75,6 +77,12 @@ def _explain_override(
         node: Any = config
         for depth, part in enumerate(path.split(".")):
             if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                homes = where_it_went(path)
+                if homes:  # a key that moved: name its new place (docs/optimizer.md)
+                    kind = (
+                        "a recipe's own section" if path.startswith("optimizer.") else "a section"
+                    )
+                    return f"config key config.{path} belongs to {kind}: {' or '.join(homes)}"
                 keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
                 where = ".".join(path.split(".")[:depth])
                 near = schema.closest(part, keys)
@@ -84,12 +92,23 @@ def _explain_override(
                     f"config{'.' + where if where else ''}: {', '.join(sorted(keys))})"
                 )
             node = node[part]
+        if isinstance(node, ml_collections.ConfigDict):  # a value for a whole section
+            keys = sorted(node.keys())
+            homes = where_it_went(path)  # `optimizer.momentum`: also a key of other recipes
+            also = f"; a key of this name is in {', '.join(homes)}" if homes else ""
+            return (
+                f"config.{path} is a section, not a value (keys: {', '.join(keys)}): set "
+                f"--config.{path}.{keys[0]}={value}{also}"
+            )
     text = str(err).split("\n")[0]
     return f"bad command-line override: {text}"
 
 
 def parse(
-    argv: Sequence[str], define_extra: Callable[[Any], None] | None = None
+    argv: Sequence[str],
+    define_extra: Callable[[Any], None] | None = None,
+    *,
+    require_workdir: bool = True,
 ) -> tuple[ml_collections.ConfigDict, Any]:
     """Parses `--config`, its overrides, `--workdir` and extra flags into (config, flags).
 
@@ -104,13 +123,13 @@ def parse(
     # flag is defined: define and parse with `argv` in sys.argv.
     saved_argv, sys.argv = sys.argv, list(argv)
     try:
-        return _parse(argv, define_extra)
+        return _parse(argv, define_extra, require_workdir)
     finally:
         sys.argv = saved_argv
 
 
 def _parse(
-    argv: Sequence[str], define_extra: Callable[[Any], None] | None
+    argv: Sequence[str], define_extra: Callable[[Any], None] | None, require_workdir: bool
 ) -> tuple[ml_collections.ConfigDict, Any]:
     from absl import flags
     from ml_collections import config_flags
@@ -136,10 +155,88 @@ def _parse(
         raise ConfigError(_explain_override(config, argv[1:], e)) from e
     if len(rest) > 1:
         raise ConfigError(f"unexpected arguments {rest[1:]}; flags are --name=value")
-    if not fv.workdir:
+    if require_workdir and not fv.workdir:
         raise ConfigError("--workdir is required (the run's directory)")
     validate_config(fv.config)
     return fv.config, fv
+
+
+def key_table() -> dict[str, Any]:
+    """Every config key as a dotted path (`model.bn_span`, `optimizer.lars.eps`) -> its
+    `schema.Key`, from the schema tables that build `base_config()`."""
+    from lmsgd.config import SECTIONS, TOP
+
+    table: dict[str, Any] = dict(TOP.keys)
+    for name, section in SECTIONS.items():
+        table.update({f"{name}.{key}": spec for key, spec in section.keys.items()})
+    return table
+
+
+def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _type_name(spec: Any) -> str:
+    if spec.default is None:
+        return f"{spec.kind.__name__ if spec.kind else 'any'} or None"
+    return type(spec.default).__name__
+
+
+def format_keys(config: ml_collections.ConfigDict) -> str:
+    """`--help_keys`: one line per key of `config`: path = value (type): meaning."""
+    table = key_table()
+    lines = []
+    for path, value in _flatten(config).items():
+        spec = table.get(path)
+        doc = spec.doc if spec else "(not in the schema)"
+        kind = _type_name(spec) if spec else type(value).__name__
+        lines.append(f"config.{path} = {value!r} ({kind}): {doc}")
+    return "\n".join(lines)
+
+
+def usage(prog: str, extra: Callable[[Any], None] | None = None) -> str:
+    """`--help`: the command's usage and its flags (with the module docstring's first line)."""
+    import importlib
+
+    from absl import flags
+
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    module = main if spec is not None and spec.name == prog else importlib.import_module(prog)
+    doc = module.__doc__ or ""
+    fv = flags.FlagValues()
+    flags.DEFINE_string("config", None, "Config file or shipped name (required); override "
+                        "keys with --config.KEY=VALUE", flag_values=fv)  # fmt: skip
+    flags.DEFINE_string("workdir", None, "Run directory (or gs:// bucket) (required).",
+                        flag_values=fv)  # fmt: skip
+    flags.DEFINE_bool("verbose", False, "Show tracebacks of user errors.", flag_values=fv)
+    if extra:
+        extra(fv)
+    rows = [f"  --{name}: {fv[name].help}" for name in fv]
+    return "\n".join([
+        f"usage: python -m {prog} --config CONFIG[:ARG] --workdir DIR [--config.KEY=VALUE ...]",
+        "",
+        doc.strip().split("\n\n")[0],
+        "",
+        "flags:",
+        *rows,
+        "  --help_keys: list every key of --config (default: default) with its value, type "
+        "and meaning",
+        "",
+        "Shipped configs: " + ", ".join(_shipped()),
+    ])  # fmt: skip
+
+
+def _shipped() -> list[str]:
+    from lmsgd import config_files
+
+    return sorted(config_files.shipped_names())
 
 
 def _orbax_filter(record: logging.LogRecord) -> bool:
@@ -186,6 +283,11 @@ def run_command(
     from lmsgd.workdir import as_disk_full
 
     argv = list(sys.argv if argv is None else argv)
+    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+        print(usage(prog, define_extra))
+        return 0
+    if "--help_keys" in argv[1:]:
+        return _print_keys(prog, argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _setup_logging()
     debug = _debug(argv)
@@ -207,4 +309,20 @@ def run_command(
         return EXIT_FAILED
     # One line, for scripts (the run's full summary is in the workdir).
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}))
+    return 0
+
+
+def _print_keys(prog: str, argv: Sequence[str]) -> int:
+    """`--help_keys`: the keys of `--config` (with its overrides applied) or of the default."""
+    from lmsgd.config_files import resolve_argv
+
+    argv = [a for a in argv if a != "--help_keys"]
+    if _config_source(argv[1:]) is None:
+        argv.append("--config=default")
+    try:
+        spec = _config_source(resolve_argv(argv)[1:])
+        print(format_keys(_load(spec or "")))
+    except UserError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     return 0

@@ -17,6 +17,7 @@ import ml_collections
 from lmsgd import schema as s
 from lmsgd.data.config import DATA
 from lmsgd.errors import ConfigError
+from lmsgd.layout import AUTO
 from lmsgd.models.normalization import MODES
 from lmsgd.models.registry import ARCHITECTURES, DTYPES
 from lmsgd.optim.config import OPTIMIZER
@@ -191,10 +192,12 @@ ALLREDUCE: dict[str, s.Key] = {
     ),
     "algorithm": s.Key(
         "flat",
-        "'flat' (one all-reduce), 'hierarchical' (inside hosts, then across), "
-        "'two_dimensional' (reduce-scatter, all-reduce, all-gather).",
-        s.one_of(*ALGORITHMS),
-        f"one of {ALGORITHMS}",
+        "'auto' (flat for float32 or up to 8 devices, else two_dimensional over (hosts, local "
+        "devices): accurate 16-bit sums at any device count; lmsgd.layout), 'flat' (one "
+        "all-reduce), 'hierarchical' (inside hosts, then across), 'two_dimensional' "
+        "(reduce-scatter, all-reduce, all-gather).",
+        s.one_of(AUTO, *ALGORITHMS),
+        f"one of {(AUTO, *ALGORITHMS)}",
     ),
     "fuse": s.Key(
         False,
@@ -266,7 +269,7 @@ def _virtual_batch_rule(cfg: Mapping[str, Any]) -> str | None:
 
 def _mesh_rule(cfg: Mapping[str, Any]) -> str | None:
     shape = cfg["mesh_shape"]
-    if cfg["algorithm"] != "flat" and shape is not None and len(shape) != 2:
+    if cfg["algorithm"] not in ("flat", AUTO) and shape is not None and len(shape) != 2:
         return (
             f"config.allreduce.algorithm={cfg['algorithm']!r} needs a 2-D "
             f"config.allreduce.mesh_shape (hosts, local_devices); got {tuple(shape)}"
@@ -283,6 +286,19 @@ SECTIONS: dict[str, s.Section] = {
     "logging": s.Section("logging", LOGGING),
 }
 TOP = s.Section("", TOP_LEVEL)
+
+
+def where_it_went(path: str) -> list[str]:
+    """Where a key path that is not in the schema lives now (`config.`-prefixed paths), for a
+    one-line hint: `optimizer.beta_center` -> `config.optimizer.rmsprop_warmup.beta_center`,
+    `optimizer.slow_start_boundaries` -> `config.optimizer.slow_start.boundaries`, a section's
+    key given at the top level (`bn_group_size`) -> `config.model.bn_group_size`."""
+    parts = path.removeprefix("config.").split(".")
+    if len(parts) == 2 and parts[0] == "optimizer":
+        return OPTIMIZER.where_it_went(parts[1])
+    if len(parts) == 1:
+        return [s.path(parts[0]) for s in SECTIONS.values() if parts[0] in s.keys]
+    return []
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -22,6 +22,7 @@ import optax
 from jax.sharding import Mesh
 
 from lmsgd import data as data_lib
+from lmsgd import layout as layout_lib
 from lmsgd.config import validate_config
 from lmsgd.distributed import maybe_initialize
 from lmsgd.errors import ConfigError, DataError
@@ -282,6 +283,9 @@ def build(config: ml_collections.ConfigDict) -> Run:
     validate_config(config)
     setup_devices(config)
     source = make_source(config.data)
+    # The recipe on this device count: 'auto' becomes a concrete all-reduce and mesh, and a
+    # BN span the devices cannot hold fails here in one line (lmsgd.layout).
+    layout_lib.apply(config, layout_lib.resolve(config, jax.device_count(), jax.process_count()))
     ar = config.allreduce
     try:
         mesh = create_mesh(ar.mesh_shape, two_level=ar.algorithm != "flat")

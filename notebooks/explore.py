@@ -419,8 +419,10 @@ display(Markdown(collectives_table(programs)))
 #   docs/recipe.md s.3) and the logged loss and accuracy. With `float32` XLA's all-reduce combiner
 #   merges them with the gradient; in another dtype the gradient travels on its own.
 # * `float16` halves the gradient's bytes against `float32` (the paper sent float16 over
-#   NCCL). The gradient is one fused buffer of all parameters (`allreduce.fuse`), scaled by
-#   1/N before the cast so the half-precision sum is already the mean.
+#   NCCL). The gradient travels per tensor (the default `allreduce.fuse=False`: one collective
+#   per parameter, which XLA's all-reduce combiner merges into buckets); in 16 bits each
+#   level's partial sum travels divided by about sqrt(n) (`allreduce.predivide_exponent`) and
+#   the rest of 1/N is applied in float32 after the sum, clear of subnormals and overflow.
 # * `two_dimensional` (Mikami et al. 2018, Ying et al. 2018) replaces the one all-reduce over
 #   8 devices by a reduce-scatter inside each host (groups of 4; the buffer is padded to a
 #   multiple of 4), an all-reduce of a quarter of the buffer across the 2 hosts, and an

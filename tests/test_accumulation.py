@@ -88,8 +88,10 @@ def test_accumulated_step_keeps_one_gradient_all_reduce():
     assert len(f16[4]) == len(f16[1])
 
 
-@pytest.mark.parametrize(("variant", "devices", "micro"), [("pod", 1024, 32), ("gpu8", 8, 256),
-                                                          ("v5p64", 32, 256)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("variant", "devices", "micro"),
+    [("pod", 1024, 32), ("pod", 128, 256), ("gpu8", 8, 256), ("v5p64", 32, 256)],
+)
 def test_paper_config_variants_keep_32768_images_and_32_image_statistics(variant, devices, micro):
     import pathlib
 

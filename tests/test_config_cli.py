@@ -91,6 +91,15 @@ BAD = [
     (["--config.data.name=image_folder", "--config.data.data_dir=/nonexistent_lmsgd"],
      "/nonexistent_lmsgd"),
     (["--config.optimizer.slow_start.factors=(1.0,)"], "slow_start.factors has 1"),
+    # Moved keys name their new place (docs/optimizer.md); a value for a section says so.
+    (["--config.optimizer.beta_center=5"], "config key config.optimizer.beta_center belongs to "
+     "a recipe's own section: config.optimizer.rmsprop_warmup.beta_center"),
+    (["--config.optimizer.rmsprop_decay=0.9"], "belongs to a recipe's own section: "
+     "config.optimizer.rmsprop_warmup.decay"),
+    (["--config.optimizer.momentum=0.95"], "config.optimizer.momentum is a section, not a "
+     "value (keys: momentum): set --config.optimizer.momentum.momentum=0.95; a key of this name "
+     "is in config.optimizer.rmsprop_warmup.momentum"),
+    (["--config.bn_group_size=2"], "belongs to a section: config.model.bn_group_size"),
 ]  # fmt: skip
 
 

@@ -265,6 +265,59 @@ def test_slurm_refuses_to_run_without_workdir_or_outside_slurm():
     assert outside.returncode == 2 and "sbatch" in outside.stderr
 
 
+# --- the paper's layout on the launchers' default hardware -----------------------------------
+
+LAYOUT = re.compile(
+    r"^# layout: (?P<devices>\d+) devices \((?P<processes>\d+) processes\) x (?P<per_device>\d+) "
+    r"images = .*; BN over (?P<bn>\d+) images; all-reduce (?P<algorithm>\w+) (?P<dtype>\w+) "
+    r"on mesh (?P<mesh>[\dx]+)$",
+    re.M,
+)
+
+
+def _layout(script: pathlib.Path, *args: str, **env: str) -> re.Match:
+    result = _run(
+        ["bash", script, "--dry-run", *args], env=_env(PYTHON=sys.executable, **env), timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    match = LAYOUT.search(result.stdout)
+    assert match, result.stdout
+    return match
+
+
+# (launcher, expected devices, processes, mesh) on the hardware each names by default:
+# 16 nodes x 8 GPUs; a v4-256 slice = 128 chips on 32 hosts of 4.
+DEFAULT_HARDWARE = [(SLURM, 128, 16, "16x8"), (TPU, 128, 32, "32x4")]
+
+
+@pytest.mark.parametrize(("script", "devices", "processes", "mesh"), DEFAULT_HARDWARE,
+                         ids=["slurm", "tpu"])  # fmt: skip
+def test_dry_run_keeps_the_papers_bn_span_and_an_accurate_wire(script, devices, processes, mesh):
+    """256 images per device, normalized over 32 (the paper's span), float16 over two levels:
+    the algorithm tests/test_allreduce_scale.py bounds within 1% of the float64 mean at 1,024
+    devices (test_auto_choices_are_within_1_percent_at_1024 there covers this choice)."""
+    from lmsgd.layout import TWO_LEVEL
+
+    got = _layout(script, WORKDIR="gs://b/w")
+    assert (int(got["devices"]), int(got["processes"])) == (devices, processes)
+    assert int(got["per_device"]) == 32768 // devices == 256
+    assert int(got["bn"]) == 32
+    assert (got["algorithm"], got["dtype"], got["mesh"]) == (TWO_LEVEL, "float16", mesh)
+
+
+def test_dry_run_follows_overrides_and_refuses_what_cannot_hold_the_recipe():
+    # A config override reaches the layout (here: an explicit flat wire).
+    flat = _layout(SLURM, "--config.allreduce.algorithm=flat", WORKDIR="/w")
+    assert flat["algorithm"] == "flat" and flat["bn"] == "32"
+    more = _layout(TPU, WORKDIR="gs://b/w", ACCELERATOR_TYPE="v5p-2048")
+    assert (more["devices"], more["per_device"], more["mesh"]) == ("1024", "32", "256x4")
+    # 16 images per GPU cannot be normalized over 32 on one device: one line, exit 2.
+    small = _run(["bash", SLURM, "--dry-run", "--config.global_batch_size=2048"],
+                 env=_env(PYTHON=sys.executable, WORKDIR="/w"), timeout=120)  # fmt: skip
+    assert small.returncode == 2, small.stdout
+    assert small.stderr.count("\n") == 1 and "bn_virtual_batch_size=32" in small.stderr
+
+
 # --- tpu_pod.sh ------------------------------------------------------------------------------
 
 
@@ -282,7 +335,9 @@ def test_tpu_dry_run_creates_installs_runs_and_tails():
         ),
     )
     assert result.returncode == 0, result.stderr
-    commands = [shlex.split(line) for line in result.stdout.splitlines()]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("# layout: ")  # resolved by this repo, or said it could not be
+    commands = [shlex.split(line) for line in lines if not line.startswith("#")]
     assert [c[:4] for c in commands] == [["gcloud", "compute", "tpus", "tpu-vm"]] * 4
     create, install, run, tail = commands
     assert create[4:6] == ["create", "akiba"] and "--spot" in create
@@ -310,7 +365,7 @@ def test_tpu_scp_install_and_stop():
     env = _env(TPU_NAME="t", ZONE="z", WORKDIR="gs://b/r")
     scp = _run([TPU, "--install=scp", "--no-tail", "--dry-run"], env=env)
     assert scp.returncode == 0, scp.stderr
-    lines = scp.stdout.splitlines()
+    lines = [line for line in scp.stdout.splitlines() if not line.startswith("# layout: ")]
     assert lines[0].startswith("tar -czf") and " scp " in lines[1] and "--worker=all" in lines[1]
     assert "lmsgd.train" in lines[-1] and len(lines) == 4
     stop = _run([TPU, "--stop", "--dry-run"], env=env)

@@ -49,6 +49,9 @@ def cifar10_root(archive: str | os.PathLike | None = None) -> pathlib.Path:
 
 
 def main(argv: list[str]) -> None:
+    if argv[1:] in (["-h"], ["--help"]):
+        print(f"usage: python -m lmsgd.data.prepare cifar10\n\n{__doc__.strip()}")
+        return
     if argv[1:] != ["cifar10"]:
         raise SystemExit("usage: python -m lmsgd.data.prepare cifar10")
     print(cifar10_root())

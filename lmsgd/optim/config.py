@@ -33,8 +33,8 @@ from lmsgd.schema import Key, Section, is_bool, nonneg, one_of, positive
 OPTIMIZER_NAMES = tuple(registry.OPTIMIZERS)
 SCHEDULE_NAMES = tuple(registry.SCHEDULES)
 
-# Keys of the flat section before recipes had their own (issue 25), where the rule "old key =
-# <recipe>_<key>" does not say where they went.
+# Keys of the older flat optimizer section, where the rule "old key = <recipe>_<key>" does not
+# say where they went.
 _RENAMED = {
     "rmsprop_learning_rate": ("rmsprop_warmup.rmsprop_learning_rate",),
     "rmsprop_decay": ("rmsprop_warmup.decay",),
@@ -139,9 +139,9 @@ class OptimizerSection:
             if isinstance(cfg.get(sub), ml_collections.ConfigDict):
                 section.normalize(cfg[sub])
 
-    def _where_it_went(self, key: str) -> list[str]:
+    def where_it_went(self, key: str) -> list[str]:
         """Sub-section paths of a key that is not one of config.optimizer's own: a recipe's
-        key put at the top, or a key of the flat section before issue 25."""
+        key put at the top, or a key of the older flat section."""
         subs = self.subsections()
         if key in _RENAMED:
             return [self.path(p) for p in _RENAMED[key]]
@@ -156,7 +156,7 @@ class OptimizerSection:
         subs = self.subsections()
         common = self.common()
         for key in sorted(k for k in cfg if k not in common.keys and k not in subs):
-            homes = self._where_it_went(key)
+            homes = self.where_it_went(key)
             if homes:
                 raise ConfigError(
                     f"config key {self.path(key)} belongs to a recipe's own section: "

@@ -73,7 +73,19 @@ def main(argv) -> None:
             fh.write(result.to_json())
 
 
+def _usage() -> str:
+    """--help: the usage line and every flag (absl's own --help exits 1)."""
+    from absl import flags
+
+    _define_flags()
+    text = flags.FLAGS.module_help(sys.modules[__name__]) or ""
+    return f"usage: {__doc__.strip()}\n\nTargets: lmsgd.plan.targets.\n{text}"
+
+
 if __name__ == "__main__":
+    if any(a in ("-h", "--help", "--helpfull") for a in sys.argv[1:]):
+        print(_usage())
+        sys.exit(0)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Stale libtpu lock files would otherwise fail the next planner process.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")

@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from lmsgd import layout as layout_lib
 from lmsgd.parallel.collectives import Collective, describe_collectives, summarize_collectives
 from lmsgd.plan import compile as compile_lib
 from lmsgd.plan import estimate as estimate_lib
@@ -314,6 +315,18 @@ def plan(
         raise targets_lib.PlanError(
             f"--measure runs on this machine's devices: use --target cpu:N, not {parsed.spec}"
         )
+    # 'auto' all-reduce: the algorithm the driver would pick on the target's nodes (one node:
+    # flat, as the planner's 2-D mesh follows the nodes).
+    algorithm, _ = layout_lib.resolve_algorithm(
+        config.allreduce.algorithm, config.allreduce.dtype, None, parsed.num_devices,
+        parsed.num_nodes,
+    )  # fmt: skip
+    if config.allreduce.algorithm == layout_lib.AUTO and parsed.num_nodes == 1:
+        algorithm = "flat"
+    if algorithm != config.allreduce.algorithm:
+        config = config.copy_and_resolve_references()
+        with config.unlocked():
+            config.allreduce.algorithm, config.allreduce.mesh_shape = algorithm, None
     parsed, hw, mesh, compile_cfg, notes = _prepare(config, parsed)
     n = parsed.num_devices
     if config.global_batch_size % n:

@@ -1,0 +1,109 @@
+"""Figures the users' pages quote, each tied to the committed results file it comes from.
+
+A `Figure` names a results JSON, how to read and format one number from it, and, per page, a
+pattern that finds where the page quotes it. `problems(pages)` lists every quote that differs
+from its file (or a page that no longer quotes it); tests/test_docs.py runs it over the pages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import re
+from collections.abc import Callable, Mapping
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NUMBER = r"([\d,]+(?:\.\d+)?)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    name: str
+    results: str  # path of the JSON under the repository
+    value: Callable[[dict], str]  # the number as the pages print it
+    quotes: Mapping[str, str]  # page -> regex with one NUMBER group where it is quoted
+
+
+def _plan(path: str, name: str, value: Callable[[dict], str], quotes: Mapping[str, str]):
+    return Figure(name, path, value, quotes)
+
+
+V5P = "results/plan/akiba32k_v5p_8x8x16.json"  # python -m lmsgd.plan ... --target tpu:v5p:8x8x16
+
+FIGURES = [
+    _plan(
+        V5P,
+        "v5p step time (ms)",
+        lambda p: f"{p['estimate']['step_s'] * 1e3:.1f}",
+        {
+            "README.md": rf"1,024-chip TPU v5p slice.*?estimated {NUMBER} ms per step",
+            "docs/performance.md": rf"\| estimated step \| {NUMBER} ms",
+            "docs/planning.md": rf"tpu:v5p:8x8x16` \|.*?estimate {NUMBER} ms per step",
+        },
+    ),
+    _plan(
+        V5P,
+        "v5p 90 epochs (s)",
+        lambda p: f"{p['estimate']['run_s']:.0f}",
+        {
+            "README.md": rf"1,024-chip TPU v5p slice.*?ms per step, {NUMBER} s for 90 epochs",
+            "docs/performance.md": rf"\| estimated step \|.*?\({NUMBER} s for 90 epochs\)",
+            "docs/planning.md": rf"tpu:v5p:8x8x16` \|.*?\*\*{NUMBER} s for 90 epochs\*\*",
+        },
+    ),
+    _plan(
+        V5P,
+        "v5p bytes accessed (GB)",
+        lambda p: f"{p['bytes_accessed'] / 1e9:.1f}",
+        {
+            "docs/performance.md": rf"\| bytes accessed \| {NUMBER} GB \|",
+            "docs/planning.md": rf"tpu:v5p:8x8x16` \|.*?GFLOP and {NUMBER} GB per chip per step",
+        },
+    ),
+    _plan(
+        V5P,
+        "v5p FLOPs (GFLOP)",
+        lambda p: f"{p['flops'] / 1e9:.0f}",
+        {
+            "docs/performance.md": rf"\| FLOPs \| {NUMBER} GFLOP",
+            "docs/planning.md": rf"tpu:v5p:8x8x16` \|.*?; {NUMBER} GFLOP and",
+        },
+    ),
+    _plan(
+        V5P,
+        "v5p peak memory (GiB)",
+        lambda p: f"{p['memory']['peak_bytes'] / 2**30:.2f}",
+        {
+            "README.md": rf"1,024-chip TPU v5p slice.*?fits in {NUMBER} GiB per chip",
+            "docs/performance.md": rf"\| peak memory \| {NUMBER} GiB",
+            "docs/planning.md": rf"tpu:v5p:8x8x16` \|.*?fits: {NUMBER} GiB peak per chip",
+        },
+    ),
+]
+
+
+def _pages() -> dict[str, str]:
+    return {
+        name: (REPO / name).read_text() for name in {page for f in FIGURES for page in f.quotes}
+    }
+
+
+def problems(pages: Mapping[str, str] | None = None) -> list[str]:
+    """`page: figure quoted as X, results file says Y` for every quote that differs."""
+    pages = _pages() if pages is None else pages
+    out = []
+    for figure in FIGURES:
+        want = figure.value(json.loads((REPO / figure.results).read_text()))
+        for page, pattern in figure.quotes.items():
+            if page not in pages:
+                continue
+            found = re.findall(pattern, pages[page])
+            if not found:
+                out.append(f"{page}: {figure.name} not quoted (pattern {pattern!r})")
+            out += [
+                f"{page}: {figure.name} quoted as {got}, {figure.results} says {want}"
+                for got in found
+                if got != want
+            ]
+    return out

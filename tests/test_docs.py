@@ -1,0 +1,84 @@
+"""The users' pages checked against the code: every config key they name exists (a moved key
+is reported with its new place), every `python -m lmsgd...` command uses flags that command
+has (tests/doc_refs.py extracts both)."""
+
+from tests import doc_refs
+
+
+def test_pages_name_only_existing_keys_and_flags():
+    found = [
+        p for source, text in doc_refs.sources().items() for p in doc_refs.problems(source, text)
+    ]
+    assert found == []
+
+
+def test_extraction_is_not_vacuous():
+    """The pages do mention keys and commands; the extractor sees the ones known to be there."""
+    pages = doc_refs.sources()
+    keys = {path for text in pages.values() for path, _ in doc_refs.config_keys(text)}
+    cmds = [c for text in pages.values() for c in doc_refs.commands(text)]
+    assert {"model.bn_virtual_batch_size", "allreduce.algorithm", "data.data_dir"} <= keys
+    assert len(keys) > 40 and len(cmds) > 40
+    paper = ["--config", "configs/imagenet_resnet50_akiba32k.py", "--workdir",
+             "gs://BUCKET/akiba32k",
+             "--config.data.data_dir=gs://BUCKET/tensorflow_datasets"]  # fmt: skip
+    assert ("lmsgd.train", paper) in cmds
+
+
+SNIPPET = """
+Set `--config.model.bn_span=32`, or config.optimizer.beta_center = 5, or the
+`optimizer.slow_start_boundaries` of the schedule; `--config.optimizer.momentum=0.95`.
+
+    python -m lmsgd.train --config default --wrokdir /tmp/w \\
+        --config.model.bn_virtual_batch_size=32
+    python -m lmsgd.plan --config default --targett cpu:8
+    python -m lmsgd.bench step --no_such_option 3
+    python -m lmsgd.nothing_here
+"""
+
+
+def test_a_bad_key_a_moved_key_and_a_bad_flag_are_found():
+    found = doc_refs.problems("snippet", SNIPPET)
+    assert found == [
+        "snippet: unknown config key config.model.bn_span",
+        "snippet: unknown config key config.optimizer.beta_center; it belongs to "
+        "config.optimizer.rmsprop_warmup.beta_center",
+        "snippet: --config.optimizer.momentum=... sets a section, not a key",
+        "snippet: unknown config key config.optimizer.slow_start_boundaries; it belongs to "
+        "config.optimizer.slow_start.boundaries",
+        "snippet: lmsgd.train: unknown flag --wrokdir",
+        "snippet: lmsgd.plan: unknown flag --targett",
+        "snippet: lmsgd.bench: unknown option --no_such_option",
+        "snippet: no module lmsgd.nothing_here",
+    ]
+
+
+def test_quoted_figures_match_their_results_files():
+    """Figures quoted on several pages come from one committed results file (tests/doc_figures)."""
+    from tests import doc_figures
+
+    assert doc_figures.problems() == []
+
+
+def test_a_figure_that_differs_from_its_results_file_is_found():
+    import json
+    import re
+
+    from tests import doc_figures
+
+    figure = doc_figures.FIGURES[0]  # the v5p step time
+    want = figure.value(json.loads((doc_figures.REPO / figure.results).read_text()))
+    pages = doc_figures._pages()
+    pattern = figure.quotes["README.md"]
+    wrong = f"{float(want) + 0.8:.1f}"
+    match = re.search(pattern, pages["README.md"])
+    assert match and match.group(1) == want
+    pages["README.md"] = (
+        pages["README.md"][: match.start(1)] + wrong + pages["README.md"][match.end(1) :]
+    )
+    assert doc_figures.problems(pages) == [
+        f"README.md: {figure.name} quoted as {wrong}, {figure.results} says {want}"
+    ]
+    del pages["docs/performance.md"], pages["docs/planning.md"]
+    pages["README.md"] = "no figures here"
+    assert len(doc_figures.problems(pages)) == 3  # README quotes three v5p figures
