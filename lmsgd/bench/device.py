@@ -124,8 +124,8 @@ def _section(
     "failed" with ``reason``, or "skipped" with ``reason``) and ``wall_s``."""
     if budget.left() < need_s:
         reason = (
-            f"budget: {budget.left():.0f} s left of {budget.total_s:.0f}, the section needs "
-            f"about {need_s:.0f} s"
+            f"budget: {max(0.0, budget.left()):.0f} s left of {budget.total_s:.0f}, the "
+            f"section needs about {need_s:.0f} s"
         )
         return {"status": "skipped", "reason": reason, "wall_s": 0.0}
     print(f"--- {name} ({budget.elapsed():.0f} s of {budget.total_s:.0f} used)", flush=True)
