@@ -245,3 +245,47 @@ def test_blocker_blocks_only_its_packages(tmp_path):
         env=blocked_env(tmp_path),
     )  # fmt: skip
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def _allreduce_state(devices: int, compiled) -> dict:
+    import argparse
+
+    return {
+        "compiled": compiled,
+        "step_args": argparse.Namespace(allreduce_dtype="bfloat16"),
+        "record": {
+            "hardware": {"platform": "cpu"},
+            "config": {"devices": devices, "per_device_batch": 4},
+            "results": {"ours": {"collectives_lowered": {}}},
+        },
+    }
+
+
+def test_allreduce_on_one_device_is_a_note_not_a_failure():
+    import jax
+    import jax.numpy as jnp
+
+    compiled = jax.jit(lambda x: x * 2).lower(jnp.ones(4)).compile()  # no collective
+    out = device._run_allreduce(_allreduce_state(1, compiled))
+    assert out["compiled_dtype"] is None and "one device" in out["note"]
+    assert device._rows("allreduce", {"status": "ok", **out})[0][2] == "none"
+    with pytest.raises(RuntimeError, match="no all-reduce"):
+        device._run_allreduce(_allreduce_state(2, compiled))
+
+
+def test_allreduce_dtype_is_the_one_carrying_most_bytes():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
+
+    mesh = Mesh(np.asarray(jax.devices()[:2]), ("d",))
+    f = jax.shard_map(
+        lambda big, small: (jax.lax.psum(big, "d"), jax.lax.psum(small, "d")),
+        mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P()),
+    )  # fmt: skip
+    args = (jnp.ones(1000, jnp.int32), jnp.ones(10, jnp.float32))
+    out = device._run_allreduce(_allreduce_state(2, jax.jit(f).lower(*args).compile()))
+    assert out["compiled_dtype"] == "s32" and out["matches"] is False
+    assert out["compiled_bytes_by_dtype"]["s32"] == 4000
