@@ -301,7 +301,6 @@ def _run_train(config: str, overrides: dict[str, Any], budget: _Budget, reserve_
             raise RuntimeError(f"exit {proc.returncode}: {lines[-1][:200] if lines else ''}")
         with open(os.path.join(workdir, "summary.json")) as f:
             summary = json.load(f)
-        train = []
         with open(os.path.join(workdir, "metrics.jsonl")) as f:
             train = [r for r in map(json.loads, f) if r.get("kind") == "train"]
     return {
