@@ -105,7 +105,6 @@ def test_record_and_table(quick_runs, variant):
     assert record["hardware"]["device_count"] == DEVICES
     assert record["hardware"]["platform"] == "cpu"
     assert record["config"]["quick"] is True and record["wall_s"] > 0
-    assert record["json_path"].endswith("device.json")
     # the table: a header line, then one row (or more) per section, FAILED/SKIPPED named
     assert "bench device: 8 x " in proc.stdout
     for name in ("step 4/dev", "step 2/dev", "memory", "allreduce", "train", "default_run"):
