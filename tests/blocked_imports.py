@@ -4,10 +4,11 @@
     subprocess.run([sys.executable, "-m", "lmsgd.bench", "device", "--quick"], env=env)
 
 `write_blocker(directory)` writes a ``sitecustomize.py`` there; put first on PYTHONPATH, the
-interpreter imports it at start-up and it installs a ``sys.meta_path`` finder that raises
-ImportError for every module of the blocked packages (``import tensorflow``, ``from clu import
-metric_writers``, ``import tensorflow_datasets as tfds``), installed or not. The test process
-itself is untouched.
+interpreter imports it at start-up and it wraps every ``sys.meta_path`` finder so that none
+finds the blocked packages: ``import clu`` raises ``ModuleNotFoundError: No module named
+'clu'`` and ``importlib.util.find_spec("tensorflow")`` is None, as where they are not
+installed (etils, which jax's compilation cache uses, probes TensorFlow that way; a finder
+that raised instead would break it). The test process itself is untouched.
 """
 
 from __future__ import annotations
@@ -24,14 +25,23 @@ import sys
 _BLOCKED = {blocked!r}
 
 
-class _BlockedImports:
+class _Without:
+    """Wraps a meta path finder: it finds nothing of the blocked packages."""
+
+    def __init__(self, finder):
+        self._finder = finder
+
     def find_spec(self, name, path=None, target=None):
         if name.partition(".")[0] in _BLOCKED:
-            raise ImportError(f"{{name}} is blocked (tests/blocked_imports.py)", name=name)
-        return None
+            return None
+        find = getattr(self._finder, "find_spec", None)
+        return find(name, path, target) if find is not None else None
+
+    def __getattr__(self, attr):  # invalidate_caches, find_distributions, ...
+        return getattr(self._finder, attr)
 
 
-sys.meta_path.insert(0, _BlockedImports())
+sys.meta_path[:] = [_Without(f) for f in sys.meta_path]
 '''
 
 
