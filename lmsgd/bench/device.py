@@ -187,8 +187,9 @@ def _run_step(s, args, state: dict[str, Any]) -> dict[str, Any]:
         if "compiled" not in state:
             state.update(compiled=compiled["ours"], record=record, step_args=step_args)
         del compiled
-    if "compiled" not in state:
-        raise RuntimeError("no batch size compiled and ran (see per_device_batch)")
+    if "compiled" not in state:  # say why (the first size's reason) in the one line
+        b, first = next(iter(out["per_device_batch"].items()))
+        raise RuntimeError(f"no batch size ran; {b}/dev: {first['reason']}")
     return out
 
 
