@@ -5,6 +5,7 @@ over-budget section is recorded, not fatal; GPU names map to the planner's model
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -172,6 +173,9 @@ def test_memory_section(quick_runs, variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_training_sections(quick_runs, variant):
     _, record = quick_runs(variant)
+    missing = [m for m in ("clu", "tensorflow") if importlib.util.find_spec(m) is None]
+    if _PENDING and missing and record["sections"]["train"]["status"] != "ok":
+        pytest.xfail(f"{', '.join(missing)} not installed here and lmsgd.train still needs it")
     train = _ok(record, "train")
     assert train["steps"] == QUICK_TRAIN_STEPS
     assert train["global_batch"] == QUICK_BATCHES[0] * DEVICES
