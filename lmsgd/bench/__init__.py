@@ -8,6 +8,8 @@ Each suite is a sibling module registered in :data:`SUITES` that provides
 * ``allreduce``: gradient all-reduce time and bandwidth per dtype, algorithm and fusion;
 * ``optimizer``: rmsprop_warmup update time and state vs stock optax compositions;
 * ``input``: input-pipeline images/s;
+* ``device``: one command for a GPU box (step, memory vs the planner, all-reduce, training),
+  within 8 minutes;
 * ``all``: every suite in one run (``--quick``: each in its smallest useful setting).
 
 docs/performance.md has measured tables and the commands that reproduce them.
@@ -19,5 +21,6 @@ SUITES: dict[str, str] = {
     "allreduce": "lmsgd.bench.allreduce",
     "optimizer": "lmsgd.bench.optimizer",
     "input": "lmsgd.bench.input",
+    "device": "lmsgd.bench.device",
     "all": "lmsgd.bench.all_suites",
 }

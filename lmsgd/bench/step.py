@@ -190,13 +190,34 @@ def _collectives_brief(summary: dict[str, dict[str, int]]) -> str:
     return "; ".join(parts) or "none"
 
 
+def ours_config(s: dict[str, Any], args: argparse.Namespace, global_batch: int):
+    """The validated training config of "ours" at ``global_batch`` images per micro-batch
+    (x ``args.accumulation_steps`` per step): synthetic ImageNet-sized data, the paper's
+    optimizer, the all-reduce of ``args``. ``lmsgd.bench.device`` plans the same config."""
+    from lmsgd.config import base_config, validate_config
+
+    k = args.accumulation_steps
+    config = base_config()
+    config.update_from_flattened_dict(
+        {"global_batch_size": global_batch * k, "accumulation_steps": k, "num_epochs": 90.0,
+         "model.name": s["model"], "model.num_classes": s["num_classes"],
+         "model.dtype": args.dtype, "model.width_multiplier": args.width_multiplier,
+         "data.name": "synthetic", "data.image_size": s["image_size"],
+         "data.num_classes": s["num_classes"],
+         "data.num_train_examples": IMAGENET_TRAIN_IMAGES,
+         "allreduce.algorithm": args.allreduce_algorithm,
+         "allreduce.dtype": args.allreduce_dtype, "allreduce.fuse": args.allreduce_fuse}
+    )  # fmt: skip
+    validate_config(config)
+    return config
+
+
 def _build(variant: str, s: dict, args, mesh, n: int):
     """(jitted step, state, batch) for one variant."""
     import jax
     import jax.numpy as jnp
 
     from lmsgd.bench import baseline
-    from lmsgd.config import base_config, validate_config
     from lmsgd.data import get_dataset_info
     from lmsgd.models import count_params
     from lmsgd.optim import create_optimizer, default_optimizer_config
@@ -220,18 +241,7 @@ def _build(variant: str, s: dict, args, mesh, n: int):
     )  # fmt: skip
     if variant == "ours":  # through the driver's own set-up (lmsgd.run)
         k = args.accumulation_steps
-        config = base_config()
-        config.update_from_flattened_dict(
-            {"global_batch_size": global_batch * k, "accumulation_steps": k, "num_epochs": 90.0,
-             "model.name": s["model"], "model.num_classes": s["num_classes"],
-             "model.dtype": args.dtype, "model.width_multiplier": args.width_multiplier,
-             "data.name": "synthetic", "data.image_size": s["image_size"],
-             "data.num_classes": s["num_classes"],
-             "data.num_train_examples": IMAGENET_TRAIN_IMAGES,
-             "allreduce.algorithm": args.allreduce_algorithm,
-             "allreduce.dtype": args.allreduce_dtype, "allreduce.fuse": args.allreduce_fuse}
-        )  # fmt: skip
-        validate_config(config)
+        config = ours_config(s, args, global_batch)
         run = assemble(config, mesh, get_dataset_info(config.data))
         state, fn = run.init_state(), run.train_step()
         if args.scan:
@@ -263,6 +273,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from lmsgd.bench.step_target import run_target
 
         return run_target(args, _settings)
+    record, _ = measure(args)
+    print_table(record)
+    record["json_path"] = common.write_record(record, args.results_dir, "step")
+    return record
+
+
+def measure(
+    args: argparse.Namespace,
+    *,
+    variants: list[str] | None = None,
+    peak: dict[str, float] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Compile and time each variant on this host's devices: ``(record, compiled)``.
+
+    ``record`` is what ``run`` prints and writes; ``compiled`` maps each variant to its
+    compiled step (``jax.stages.Compiled``: its HLO, memory). ``variants`` (default: ours and
+    both baselines, ours alone with ``--no_baseline``) must start with "ours"; ``peak`` reuses
+    an earlier `measure_peak` of the same devices and dtype instead of measuring again.
+    """
     devices = common.setup_devices(args.devices)
     import jax
     import jax.numpy as jnp
@@ -280,7 +309,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         shape = tuple(int(x) for x in args.mesh_shape.split(",")) if args.mesh_shape else (n,)
     mesh = create_mesh(shape, devices=devices)
     global_batch = s["per_device_batch"] * n
-    variants = ["ours"] if args.no_baseline else ["ours", "baseline", "baseline_nodonate"]
+    if variants is None:
+        variants = ["ours"] if args.no_baseline else ["ours", "baseline", "baseline_nodonate"]
 
     built: dict[str, dict[str, Any]] = {}
     # the micro-batch loop stays a lax.scan with --scan or off CPU (lmsgd.run)
@@ -358,9 +388,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             b["minor_faults"] += common.minor_page_faults() - faults
 
     compute_dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    peak = measure_peak(
-        devices, s["peak_matmul_size"], compute_dtype, min_seconds=0.2 if args.quick else 1.0
-    )
+    if peak is None:
+        peak = measure_peak(
+            devices, s["peak_matmul_size"], compute_dtype, min_seconds=0.2 if args.quick else 1.0
+        )
     # float32 parameters: a "parameter-sized buffer" (a gradient, one optimizer state buffer).
     param_bytes = 4 * built["ours"]["result"]["num_params"]
     results = {}
@@ -437,9 +468,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         record["ours_over_baseline_compile"] = (ours["lower_s"] + ours["compile_s"]) / (
             base["lower_s"] + base["compile_s"]
         )
-    print_table(record)
-    record["json_path"] = common.write_record(record, args.results_dir, "step")
-    return record
+    return record, {v: b["compiled"] for v, b in built.items()}
 
 
 def print_table(record: dict[str, Any]) -> None:
