@@ -271,7 +271,7 @@ print({k: v for k, v in bs_summary.items() if not isinstance(v, dict)})
 # The first two epochs are almost pure RMSprop (`alpha_sgd` starts at ~0.01, so the SGD
 # learning rate hardly matters yet); the hand-over is complete by epoch 2.8 and the
 # learning-rate drops late in the run polish the result. Expect about 94-96% validation top-1
-# after these 20 epochs (the README reports 97.2-98.1% over three seeds for the full 40);
+# after these 20 epochs (the README reports 96.1-98.6% over three seeds for the full 40);
 # `summary.json` and `metrics.jsonl` in the workdir hold everything plotted here.
 
 # %% [markdown]

@@ -82,6 +82,41 @@ FIGURES = [
     ),
 ]
 
+DEFAULT = "results/default_run/python3.11_jax0.10.2_seed{}.json"  # python -m lmsgd.train
+DEFAULT_312 = "results/default_run/python3.12_jax0.12.0.1_seed0.json"  # the same, newest jax
+
+
+def _top1(d: dict) -> str:
+    return f"{d['eval_top1'] * 100:.1f}"
+
+
+FIGURES += [
+    Figure(
+        f"default run top-1, seed {seed} (%)",
+        DEFAULT.format(seed),
+        _top1,
+        {
+            "README.md": r"It reaches "
+            + r"% / ".join([NUMBER if i == seed else r"[\d.]+" for i in range(3)])
+            + r"% validation top-1",
+            "docs/results.md": r"validation top-1 \*\*"
+            + r"% / ".join([NUMBER if i == seed else r"[\d.]+" for i in range(3)])
+            + r"%\*\*",
+        },
+    )
+    for seed in range(3)
+] + [
+    Figure(
+        "default run top-1 on the newest jax, seed 0 (%)",
+        DEFAULT_312,
+        _top1,
+        {
+            "README.md": rf"digits with Python 3.11 and jax 0.10.2, and {NUMBER}% \(seed 0\)",
+            "docs/results.md": rf"and\s+\*\*{NUMBER}%\*\* \(seed 0, Python 3.12",
+        },
+    ),
+]
+
 
 def _pages() -> dict[str, str]:
     return {
