@@ -18,11 +18,17 @@ import pathlib
 from collections.abc import Mapping, Sequence
 
 BLOCKED: tuple[str, ...] = ("tensorflow", "tensorflow_datasets", "clu")
+# Where set in the child, it writes {"active", "loaded", "probes"} there as JSON at exit.
+REPORT_ENV = "BLOCKED_IMPORTS_REPORT"
 
 _SITECUSTOMIZE = '''"""Written by tests/blocked_imports.py: these packages count as absent."""
+import atexit
+import json
+import os
 import sys
 
 _BLOCKED = {blocked!r}
+_probes = []
 
 
 class _Without:
@@ -33,6 +39,7 @@ class _Without:
 
     def find_spec(self, name, path=None, target=None):
         if name.partition(".")[0] in _BLOCKED:
+            _probes.append(name)
             return None
         find = getattr(self._finder, "find_spec", None)
         return find(name, path, target) if find is not None else None
@@ -41,8 +48,21 @@ class _Without:
         return getattr(self._finder, attr)
 
 
+for _name in list(sys.modules):
+    if _name.partition(".")[0] in _BLOCKED:
+        del sys.modules[_name]
 sys.meta_path[:] = [_Without(f) for f in sys.meta_path]
-'''
+
+
+def _report():
+    loaded = sorted(m for m in sys.modules if m.partition(".")[0] in _BLOCKED)
+    with open(os.environ[REPORT_ENV], "w") as f:
+        json.dump({{"active": True, "loaded": loaded, "probes": _probes}}, f)
+
+
+if os.environ.get(REPORT_ENV):  # the test asks what the child probed and loaded
+    atexit.register(_report)
+'''.replace("REPORT_ENV", repr(REPORT_ENV))
 
 
 def write_blocker(directory: str | os.PathLike, blocked: Sequence[str] = BLOCKED) -> pathlib.Path:

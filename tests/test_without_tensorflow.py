@@ -16,47 +16,8 @@ import subprocess
 import sys
 
 import pytest
+from blocked_imports import BLOCKED, REPORT_ENV, write_blocker
 from helpers import REPO_ROOT, write_noise_folder
-
-BLOCKED = ("tensorflow", "tensorflow_datasets", "clu")
-
-SITECUSTOMIZE = f"""
-import atexit, importlib.abc, importlib.machinery, json, os, sys
-
-BLOCKED = {BLOCKED!r}
-_probes = []
-
-
-class _WithoutBlocked(importlib.abc.MetaPathFinder):
-    # The path finder, except that the blocked packages are not installed.
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname.partition(".")[0] in BLOCKED:
-            _probes.append(fullname)
-            return None
-        return importlib.machinery.PathFinder.find_spec(fullname, path, target)
-
-    def invalidate_caches(self):
-        importlib.machinery.PathFinder.invalidate_caches()
-
-
-for _name in list(sys.modules):
-    if _name.partition(".")[0] in BLOCKED:
-        del sys.modules[_name]
-sys.meta_path[:] = [
-    _WithoutBlocked() if f is importlib.machinery.PathFinder else f for f in sys.meta_path
-]
-assert any(isinstance(f, _WithoutBlocked) for f in sys.meta_path), sys.meta_path
-
-
-def _report():
-    loaded = sorted(m for m in sys.modules if m.partition(".")[0] in BLOCKED)
-    with open(os.environ["NO_TF_REPORT"], "w") as f:
-        json.dump({{"active": True, "loaded": loaded, "probes": _probes}}, f)
-
-
-if os.environ.get("NO_TF_REPORT"):
-    atexit.register(_report)
-"""
 
 # Modules of the core path: the model, the step, the optimizer, the driver, the data front
 # end, the benchmarks of the JAX side and the planner.
@@ -73,9 +34,7 @@ INSTALL = "pip install 'lmsgd[data]'"
 
 @pytest.fixture(scope="module")
 def blocker_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("without_tensorflow")
-    (d / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    return d
+    return write_blocker(tmp_path_factory.mktemp("without_tensorflow"))
 
 
 def run(args, tmp_path, blocker_dir=None, timeout=600):
@@ -85,7 +44,7 @@ def run(args, tmp_path, blocker_dir=None, timeout=600):
     if blocker_dir is not None:
         path.insert(0, str(blocker_dir))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
-    env["NO_TF_REPORT"] = str(report)
+    env[REPORT_ENV] = str(report)
     out = subprocess.run(
         [sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
         timeout=timeout,
