@@ -219,11 +219,18 @@ def test_converges_on_a_quadratic_without_recompiling(name):
     state = tx.init(params)
     # A no-op map over the parameter-shaped state works (optax.tree_map_params).
     state = optax.tree_utils.tree_map_params(tx, lambda v: v, state)
-    for _ in range(2000):
+    last = []
+    for i in range(2000):
         params, state = step(params, state)
+        if i >= 1800:
+            last.append(params)
     assert step._cache_size() == 1, "the update recompiled"
-    # weight decay 1e-4 moves the optimum by ~1e-4 * target
-    assert_trees_close(params, TARGET, rtol=3e-2, atol=3e-2, what=name)
+    # Normalized updates (LAMB, LARS) at a constant rate do not settle: they circle the optimum
+    # with a step of ~lr * |w| (0.05 here), in a phase that float rounding decides (jax 0.11.2
+    # ends 0.075 off where 0.10.2 ends 0.01 off). The centre of the last 200 iterates is what
+    # converges. Weight decay 1e-4 moves the optimum by ~1e-4 * target.
+    centre = jax.tree.map(lambda *p: np.mean(np.stack(p), axis=0), *last)
+    assert_trees_close(centre, TARGET, rtol=3e-2, atol=3e-2, what=name)
 
 
 @pytest.mark.parametrize("name", ROWS)
