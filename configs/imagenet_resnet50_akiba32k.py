@@ -8,8 +8,9 @@ The recipe is fixed here, not by the hardware: on any device count the driver ke
 per GPU on 16 nodes x 8 GPUs), the float16 wire and, with allreduce.algorithm='auto', a
 reduction that stays within 1% of the exact mean (flat up to 8 devices, else two_dimensional
 over (hosts, devices per host)); it prints its choice on the model line and refuses in one
-line a device count that cannot hold 32 images per device (lmsgd.layout). The paper ran
-1,024 P100s x 32 images; docs/scaling_out.md maps other slices and clusters.
+line a device count that cannot hold 32 images per device (lmsgd.layout).
+Hardware: any slice or cluster whose devices hold at least 32 images each (the paper ran
+1,024 P100s x 32 images); docs/scaling_out.md maps other slices and clusters.
 Recipe: RMSprop warm-up (beta_center 10, beta_period 5 epochs), slow-start schedule
 (0.5 / 0.075 / 0.01 / 0.001 x 12.8 at epochs 40 / 70 / 85), batch-statistics-only
 normalization over 32 images, no moving averages, float16 all-reduce, 90 epochs.
