@@ -114,10 +114,32 @@ class _OrbaxReRaisedTracebacks(logging.Filter):
         return not logged_by_orbax(record)
 
 
+class _OrbaxOrphanedWriteErrors(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for orbax's write tasks: when one
+    tensorstore write of a save fails (a full disk), orbax raises that error and leaves the
+    other writes of the same save to finish into the closed loop, each failing the same way;
+    asyncio logs each with its traceback when the task is collected. The caller reports the
+    failure once. Only tracebacks that run through orbax are dropped; kept under LMSGD_DEBUG=1.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if os.environ.get("LMSGD_DEBUG") or "never retrieved" not in record.getMessage():
+            return True
+        tb = record.exc_info[2] if record.exc_info else None
+        while tb is not None:
+            if _ORBAX_SOURCE in tb.tb_frame.f_code.co_filename:
+                return False
+            tb = tb.tb_next
+        return True
+
+
 def _quiet_orbax_reraised_tracebacks() -> None:
     absl_logger = logging.getLogger("absl")  # orbax logs through absl.logging
     if not any(isinstance(f, _OrbaxReRaisedTracebacks) for f in absl_logger.filters):
         absl_logger.addFilter(_OrbaxReRaisedTracebacks())
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _OrbaxOrphanedWriteErrors) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_OrbaxOrphanedWriteErrors())
 
 
 class Checkpointer:

@@ -70,3 +70,37 @@ def test_bad_heartbeat_timeout_is_one_line(value):
         config.heartbeat_timeout_seconds = value
     with pytest.raises(ConfigError, match="config.heartbeat_timeout_seconds"):
         validate_config(config)
+
+
+def test_orphaned_orbax_write_errors_are_dropped_from_asyncio_log_only(monkeypatch):
+    """asyncio's "Task exception was never retrieved" for a write that failed inside orbax is
+    dropped (the caller reports the failure once); the same message for other code, and any
+    other asyncio record, passes."""
+    import logging
+    import os
+
+    from lmsgd.checkpointing import _OrbaxOrphanedWriteErrors
+
+    def raised_in(filename: str):
+        code = compile("def write():\n    raise ValueError('OUT_OF_RANGE: Error writing')\n",
+                       filename, "exec")  # fmt: skip
+        namespace: dict = {}
+        exec(code, namespace)
+        try:
+            namespace["write"]()
+        except ValueError as e:
+            return (ValueError, e, e.__traceback__)
+
+    def record(message: str, exc_info) -> logging.LogRecord:
+        return logging.LogRecord("asyncio", logging.ERROR, "x.py", 1, message, None, exc_info)
+
+    orbax = raised_in(os.path.join("site-packages", "orbax", "checkpoint", "_src", "s.py"))
+    other = raised_in(os.path.join("site-packages", "mine", "s.py"))
+    f = _OrbaxOrphanedWriteErrors()
+    monkeypatch.delenv("LMSGD_DEBUG", raising=False)
+    assert not f.filter(record("Task exception was never retrieved", orbax))
+    assert not f.filter(record("_GatheringFuture exception was never retrieved", orbax))
+    assert f.filter(record("Task exception was never retrieved", other))
+    assert f.filter(record("Executing <Task> took 2.0 seconds", orbax))
+    monkeypatch.setenv("LMSGD_DEBUG", "1")
+    assert f.filter(record("Task exception was never retrieved", orbax))
