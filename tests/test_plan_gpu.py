@@ -27,9 +27,8 @@ needs_plugin = pytest.mark.skipif(
 )
 
 CONV = "window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f"
-HAND_SCHEDULE = f"""HloModule m, is_scheduled=true
-
-%add (a: f16[], b: f16[]) -> f16[] {{
+# The computations both hand schedules call: the reduction and a fused convolution.
+COMPUTATIONS = f"""%add (a: f16[], b: f16[]) -> f16[] {{
   %a = f16[] parameter(0)
   %b = f16[] parameter(1)
   ROOT %s = f16[] add(%a, %b)
@@ -41,7 +40,10 @@ HAND_SCHEDULE = f"""HloModule m, is_scheduled=true
   %cv = f32[1,8,8,4]{{3,2,1,0}} convolution(%p0, %p1), {CONV}
   ROOT %r = f32[1,8,8,4]{{3,2,1,0}} maximum(%cv, %cv)
 }}
+"""
+HAND_SCHEDULE = f"""HloModule m, is_scheduled=true
 
+{COMPUTATIONS}
 ENTRY %main (x: f32[1,8,8,4], w: f32[3,3,4,4], g: f16[1000], h: f16[3000]) -> (f16[1000]) {{
   %x = f32[1,8,8,4]{{3,2,1,0}} parameter(0)
   %w = f32[3,3,4,4]{{3,2,1,0}} parameter(1)
@@ -98,19 +100,7 @@ def test_hand_schedule_time_line():
 # and /*index=N*/ comments in a tuple.
 HAND_SCHEDULE_NEW_FORM = f"""HloModule m, is_scheduled=true
 
-%add (a: f16[], b: f16[]) -> f16[] {{
-  %a = f16[] parameter(0)
-  %b = f16[] parameter(1)
-  ROOT %s = f16[] add(%a, %b)
-}}
-
-%fused_conv (p0: f32[1,8,8,4], p1: f32[3,3,4,4]) -> f32[1,8,8,4] {{
-  %p0 = f32[1,8,8,4]{{3,2,1,0}} parameter(0)
-  %p1 = f32[3,3,4,4]{{3,2,1,0}} parameter(1)
-  %cv = f32[1,8,8,4]{{3,2,1,0}} convolution(%p0, %p1), {CONV}
-  ROOT %r = f32[1,8,8,4]{{3,2,1,0}} maximum(%cv, %cv)
-}}
-
+{COMPUTATIONS}
 %fused_all_reduce (q: f16[3000]) -> f16[3000] {{
   %q = f16[3000]{{0}} parameter(0)
   ROOT %ar = f16[3000]{{0}} all-reduce(%q), replica_groups=[1,2]<=[2], to_apply=%add
