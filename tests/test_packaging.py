@@ -103,3 +103,22 @@ def test_a_built_wheel_carries_the_configs_and_trains_outside_the_checkout(tmp_p
         cwd=away, env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert where.stdout.strip() == str(site / "lmsgd" / "configs" / "default.py"), where.stderr
+
+
+def test_every_extra_the_docs_name_exists():
+    """`pip install '.[x,y]'` / `lmsgd[x]` in README and docs name extras pyproject defines."""
+    import re
+
+    extras = set(tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ])  # fmt: skip
+    pages = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    named = set()
+    for page in pages:
+        for group in re.findall(r"(?:\.|lmsgd)\[([a-z0-9_,-]+)\]", page.read_text()):
+            named |= set(group.split(","))
+    assert {"data", "test", "cuda13", "tpu"} <= named  # the scan sees the install table
+    assert named <= extras, named - extras
+    # The core install needs no TensorFlow: it is the 'data' extra only.
+    deps = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert not [d for d in deps if re.match(r"(tensorflow|clu)\b", d)]
