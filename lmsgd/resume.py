@@ -16,9 +16,10 @@ into K consecutive micro-batches, and a micro-batch into consecutive ghost batch
 `bn_virtual_batch_size`; `bn_group_size` pools consecutive devices. `bn_groups` reproduces
 that arithmetic and returns each group's rows, so two layouts pool the same examples exactly
 when their groups are equal, *and* the rows hold the same examples: true for every layout with
-index sources (digits, image folders: one global permutation of (seed, epoch)) and synthetic
-data (one global batch from the seed), but ImageNet from TFDS is read as a per-process split
-of the files, so its examples depend on the process count.
+index sources (digits, image folders, ImageNet prepared as ArrayRecord: one global
+permutation of (seed, epoch)) and synthetic data (one global batch from the seed), but
+ImageNet read from TFRecords (`data.file_format='tfrecord'`) is a per-process split of the
+files, so its examples depend on the process count.
 
 Nothing here touches a file: `effects` describes a run, `differences` compares two,
 `derive_accumulation_steps` finds the K that keeps a saved run's effects.
@@ -129,10 +130,10 @@ def _membership(groups: list[tuple[int, ...]] | None) -> str | None:
 
 
 def _examples_per_step(config: Mapping[str, Any], layout: Layout) -> str:
-    """Which examples fill each step's rows: layout-free except for TFDS ImageNet."""
+    """Which examples fill each step's rows: layout-free except for ImageNet's TFRecords."""
     data = config["data"]
     what = f"{data['name']} (seed {config['seed']}, {config['global_batch_size']} per step)"
-    if data["name"] == "imagenet2012":
+    if data["name"] == "imagenet2012" and data.get("file_format") == "tfrecord":
         return f"{what}, read as {layout.num_processes} per-process file splits"
     return what
 

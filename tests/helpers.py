@@ -158,3 +158,71 @@ def shared_data_path():
     """The folder holding cifar10-jpeg.tar.gz ($LMSGD_SHARED_DATA), or None where absent."""
     path = shared_data_dir()
     return path if (path / "cifar10-jpeg.tar.gz").exists() else None
+
+
+# --- a miniature ILSVRC2012 in the real layouts (tests/test_imagenet.py) ------------------
+
+# TFDS labels the validation tar by position: the k-th of its sorted file names gets line k of
+# validation_labels.txt. So the miniature holds the first MINI_VAL validation images (all
+# labels then right); 33 is the first count whose synsets include one of the train set's
+# CMYK JPEGs (n02077923_14822.JPEG), and they include the PNG's (n02105855_2933.JPEG).
+MINI_VAL = 33
+MINI_CMYK = "n02077923_14822.JPEG"
+MINI_PNG = "n02105855_2933.JPEG"
+
+
+def _tar_add(tar, name: str, data: bytes) -> None:
+    import io
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _photo(rng, kind: str = "JPEG") -> bytes:
+    import io
+
+    h, w = (int(x) for x in rng.integers(40, 72, size=2))
+    base = rng.integers(0, 256, size=3)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = (base + 60 * np.sin(np.stack([yy, xx, yy + xx], -1) / rng.uniform(3, 9))) % 256
+    out = io.BytesIO()
+    if kind == "CMYK":
+        Image.fromarray(img.astype(np.uint8)).convert("CMYK").save(out, "JPEG", quality=90)
+    else:
+        Image.fromarray(img.astype(np.uint8)).save(out, kind, quality=90)
+    return out.getvalue()
+
+
+def write_mini_ilsvrc(manual_dir: pathlib.Path, per_synset: int = 2) -> dict:
+    """ILSVRC2012_img_train.tar (per-synset tars of `<synset>_<n>.JPEG`, one CMYK JPEG and one
+    PNG named .JPEG among them) and ILSVRC2012_img_val.tar (flat, ILSVRC2012_val_%08d.JPEG,
+    the first MINI_VAL) in `manual_dir`. Returns {'synsets', 'val_labels', 'train': count}."""
+    import io
+    import tarfile
+
+    import tensorflow_datasets as tfds
+
+    root = tfds.core.tfds_path("datasets/imagenet2012")
+    val_labels = (root / "validation_labels.txt").read_text().split()[:MINI_VAL]
+    synsets = sorted(set(val_labels))
+    special = {MINI_CMYK: "CMYK", MINI_PNG: "PNG"}
+    rng = np.random.default_rng(0)
+    manual_dir.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with tarfile.open(manual_dir / "ILSVRC2012_img_train.tar", "w") as outer:
+        for synset in synsets:
+            names = [f"{synset}_{100 + i}.JPEG" for i in range(per_synset)]
+            names = [n for n in special if n.startswith(synset)] + names
+            names = names[:per_synset]
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as inner:
+                for name in names:
+                    _tar_add(inner, name, _photo(rng, special.get(name, "JPEG")))
+                    count += 1
+            _tar_add(outer, f"{synset}.tar", buf.getvalue())
+    with tarfile.open(manual_dir / "ILSVRC2012_img_val.tar", "w") as tar:
+        for k in range(1, MINI_VAL + 1):
+            _tar_add(tar, f"ILSVRC2012_val_{k:08d}.JPEG", _photo(rng))
+    return {"synsets": synsets, "val_labels": val_labels, "train": count}

@@ -1,10 +1,12 @@
-"""imagenet2012 through TFDS: the missing-download error, and the pipeline on mock data."""
+"""imagenet2012 through TFDS: the unprepared-data error, and the TFRecord pipeline on mock
+data (the ArrayRecord path runs on a miniature ILSVRC in tests/test_imagenet.py)."""
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 import lmsgd.data as data
+from lmsgd.errors import DataError
 
 
 def imagenet_cfg(data_dir, **kw):
@@ -16,29 +18,29 @@ def imagenet_cfg(data_dir, **kw):
     return cfg
 
 
-def test_missing_manual_download_says_what_to_do(tmp_path):
-    with pytest.raises(FileNotFoundError) as e:
-        data.get_dataset_info(imagenet_cfg(tmp_path))
-    msg = str(e.value)
-    manual = str(tmp_path / "downloads" / "manual")
-    assert "ILSVRC2012_img_train.tar" in msg and "ILSVRC2012_img_val.tar" in msg
-    assert manual in msg and "https://image-net.org" in msg
-    assert f"tfds build imagenet2012 --data_dir={tmp_path} --manual_dir={manual}" in msg
+def test_unprepared_data_stops_in_one_line_naming_the_command(tmp_path):
+    for fmt in ("array_record", "tfrecord"):
+        with pytest.raises(DataError) as e:
+            data.get_dataset_info(imagenet_cfg(tmp_path, file_format=fmt))
+        msg = str(e.value)
+        assert "\n" not in msg and "imagenet2012 is not prepared in" in msg
+        flag = " --format tfrecord" if fmt == "tfrecord" else ""
+        assert f"--data_dir {tmp_path}{flag}`" in msg
+        assert "python -m lmsgd.data.prepare imagenet2012 --manual_dir" in msg
+    assert list(tmp_path.iterdir()) == []  # nothing built, nothing written
 
 
 @pytest.fixture()
-def mocked(tmp_path):
-    # With the tars in place the builder is "prepared" (a no-op under mock_data).
-    manual = tmp_path / "downloads" / "manual"
-    manual.mkdir(parents=True)
-    for name in ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"):
-        (manual / name).write_bytes(b"")
+def mocked(tmp_path, monkeypatch):
+    # mock_data replaces reading, not the "prepared" check.
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
     with tfds.testing.mock_data(num_examples=10):
         yield tmp_path
 
 
 def test_mock_info_and_batches(mocked):
-    cfg = imagenet_cfg(mocked)
+    # tfds.testing.mock_data mocks TFRecord reading (the sequential path).
+    cfg = imagenet_cfg(mocked, file_format="tfrecord")
     info = data.get_dataset_info(cfg)
     assert (info.num_classes, info.image_shape) == (1000, (24, 24, 3))
     assert (info.num_train_examples, info.num_eval_examples) == (1_281_167, 50_000)
@@ -55,7 +57,7 @@ def test_mock_info_and_batches(mocked):
 
 
 def test_mock_eval_pads_with_mask(mocked):
-    cfg = imagenet_cfg(mocked)
+    cfg = imagenet_cfg(mocked, file_format="tfrecord")
     it = iter(data.eval_batches(cfg, global_batch_size=8, sharding=None))
     masks = [next(it)["mask"] for _ in range(3)]
     # The mock split holds 10 records: 8 + 2 real, then padding only.

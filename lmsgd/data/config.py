@@ -21,6 +21,7 @@ from lmsgd.schema import one_of as _one_of
 
 DATASET_NAMES = ("digits", "image_folder", "imagenet2012", "synthetic")
 CROP_MODES = ("auto", "inception", "resize_crop")
+IMAGENET_FILE_FORMATS = ("array_record", "tfrecord")
 DTYPES = ("float32", "bfloat16")
 # Split names an `image_folder` root may use for evaluation, in the order 'auto' tries them.
 FOLDER_EVAL_SPLITS = ("val", "validation", "test")
@@ -62,20 +63,22 @@ _KEYS: dict[str, _Key] = {
     "data_dir": _Key(
         None,
         "image_folder: the root holding train/ and val/ (or validation/, test/). "
-        "imagenet2012: the TFDS data_dir (None = TFDS default, ~/tensorflow_datasets).",
+        "imagenet2012: the TFDS data_dir (None = TFDS default: $TFDS_DATA_DIR, else "
+        "~/tensorflow_datasets).",
         _opt_str,
         "None or a non-empty path string",
         str,
         "/data",
     ),
-    "manual_dir": _Key(
-        None,
-        "imagenet2012 only: where the two ILSVRC2012 tars are "
-        "(None = <data_dir>/downloads/manual).",
-        _opt_str,
-        "None or a non-empty path string",
-        str,
-        "/data",
+    "file_format": _Key(
+        "array_record",
+        "imagenet2012 only: which prepared TFDS files to read (python -m lmsgd.data.prepare "
+        "imagenet2012 writes them). 'array_record': random access, one global order of "
+        "(seed, epoch) for any number of processes. 'tfrecord': sequential, each process "
+        "reads its own split of the files, so the examples of a step depend on the process "
+        "count (a resume needs the same count).",
+        _one_of(*IMAGENET_FILE_FORMATS),
+        " | ".join(map(repr, IMAGENET_FILE_FORMATS)),
     ),
     "train_split": _Key(
         "train",
@@ -176,9 +179,9 @@ _KEYS: dict[str, _Key] = {
     # --- tf.data performance -------------------------------------------------------------------
     "shuffle_buffer": _Key(
         10_000,
-        "imagenet2012 only: shuffle buffer of encoded records (~110 KB each, so ~1 GB) on top "
-        "of file shuffling. Index-based sources (image_folder, digits) draw a full permutation "
-        "per epoch and need no buffer.",
+        "imagenet2012 with file_format='tfrecord' only: shuffle buffer of encoded records "
+        "(~110 KB each, so ~1 GB) on top of file shuffling. Random-access sources (ArrayRecord, "
+        "image_folder, digits) draw a full permutation per epoch and need no buffer.",
         lambda x: _is_int(x) and x >= 1,
         "an int >= 1",
     ),

@@ -1,26 +1,38 @@
-"""ImageNet 2012 through TensorFlow Datasets (``imagenet2012``), read as encoded JPEG bytes.
+"""ImageNet 2012 as TFDS prepares it (``imagenet2012``), read as encoded JPEG bytes.
 
-Images are read undecoded (``tfds.decode.SkipDecoding``) so the pipeline can crop while
-decoding. Each process reads its own even slice (``tfds.split_for_jax_process``).
-TFRecords are not randomly addressable, so an epoch is shuffled by TFDS file shuffling plus a
-``shuffle_buffer`` of records, both seeded by (seed, epoch, process); resuming skips records
-before they are decoded.
+`python -m lmsgd.data.prepare imagenet2012` prepares it once (:mod:`lmsgd.data.imagenet_prepare`);
+training never does: unprepared data stops the run in one line naming that command.
+
+Two file formats (``config.data.file_format``):
+
+* ``array_record`` (default): random access by example index (:func:`random_access`), so it is
+  an :class:`lmsgd.data.sources.IndexedSplit` like image folders: an epoch is one global
+  permutation of (seed, epoch), each process reads its rows of every global batch, and the
+  examples of a step do not depend on the number of processes.
+* ``tfrecord``: sequential records. Each process reads its own even slice of the files
+  (``tfds.split_for_jax_process``), shuffled by TFDS file shuffling plus a ``shuffle_buffer`` of
+  records, both seeded by (seed, epoch, process), so the examples of a step depend on the
+  process count; resuming skips records before they are decoded.
+
+Images are read undecoded so the pipeline can crop while decoding.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
 
 import numpy as np
 
 from lmsgd.data._tf import tf
 from lmsgd.data.config import IMAGENET_NUM_EVAL, IMAGENET_NUM_TRAIN
+from lmsgd.data.imagenet_prepare import NAME, TARS, data_dir_root, lock_holder, prepare_command
+from lmsgd.errors import DataError
+
+__all__ = ["NAME", "TARS", "data_dir_root", "get_builder", "prepare_command", "random_access"]
 
 log = logging.getLogger(__name__)
 
-TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 NUM_CLASSES = 1000
 # Used only when TFDS knows no split sizes (under tfds.testing.mock_data).
 _KNOWN_SIZES = {"train": IMAGENET_NUM_TRAIN, "validation": IMAGENET_NUM_EVAL}
@@ -32,46 +44,70 @@ def _tfds():
     return requires.tensorflow_datasets("imagenet2012 (TFDS)")
 
 
-def _data_dir_root(data_dir: str | None) -> str:
-    if data_dir:
-        return os.path.expanduser(data_dir)
-    return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+def prepared_formats(builder) -> set[str]:
+    """File formats a prepared builder holds (empty under tfds.testing.mock_data)."""
+    formats = {f.value for f in builder.info.available_file_formats()}
+    if not formats and builder.info.file_format is not None:
+        formats = {builder.info.file_format.value}
+    return formats
+
+
+def _no_info_warning(record: logging.LogRecord) -> bool:
+    return "has no dataset_info.json" not in record.getMessage()
+
+
+def builder(data_dir: str | None):
+    """TFDS's ``imagenet2012`` builder on ``data_dir``. TFDS's warning that an unprepared
+    folder has no dataset_info.json is dropped: the caller says what to do instead."""
+    absl_log = logging.getLogger("absl")
+    if _no_info_warning not in absl_log.filters:
+        absl_log.addFilter(_no_info_warning)
+    return _tfds().builder(NAME, data_dir=data_dir)
 
 
 @functools.lru_cache(maxsize=4)
-def get_builder(data_dir: str | None, manual_dir: str | None):
-    """The prepared ``imagenet2012`` builder; fails early, saying how to get the data."""
-    tfds = _tfds()
-    builder = tfds.builder("imagenet2012", data_dir=data_dir)
-    if builder.is_prepared():
-        return builder
-    root = _data_dir_root(data_dir)
-    manual = (
-        os.path.expanduser(manual_dir) if manual_dir else os.path.join(root, "downloads", "manual")
-    )
-    missing = [t for t in TARS if not os.path.isfile(os.path.join(manual, t))]
-    if missing:
-        raise FileNotFoundError(
-            f"imagenet2012 is not prepared in {root!r} and the manual download directory "
-            f"{manual!r} lacks {', '.join(missing)}.\n"
-            "  1. Download ILSVRC2012_img_train.tar (138 GB) and ILSVRC2012_img_val.tar "
-            "(6.3 GB) from https://image-net.org/download-images (free account; 'ILSVRC2012', "
-            "'Training images (Task 1 & 2)' and 'Validation images (all tasks)').\n"
-            f"  2. Put both files into {manual}/\n"
-            f"  3. Prepare once (hours; about 150 GB of TFRecords): tfds build imagenet2012 "
-            f"--data_dir={root} --manual_dir={manual}\n"
-            "Or use config.data.name='image_folder' with data_dir=<root with train/ and val/>."
+def get_builder(data_dir: str | None, file_format: str = "array_record"):
+    """The prepared ``imagenet2012`` builder in ``file_format``; DataError (one line naming
+    the command that prepares it) otherwise. Never prepares anything."""
+    prepared = builder(data_dir)
+    root = data_dir_root(data_dir)
+    if not prepared.is_prepared():
+        holder = lock_holder(root)
+        busy = f" (being prepared now: {holder})" if holder else ""
+        raise DataError(
+            f"imagenet2012 is not prepared in {root}{busy}: run `"
+            f"{prepare_command(data_dir, file_format)}` once (on every host, or once on a "
+            "shared disk; see docs/imagenet.md), then rerun"
         )
-    log.warning(
-        "Preparing imagenet2012 from %s into %s (hours). On several hosts, run "
-        "`tfds build imagenet2012 --data_dir=%s --manual_dir=%s` once beforehand instead.",
-        manual,
-        root,
-        root,
-        manual,
-    )
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
-    return builder
+    formats = prepared_formats(prepared)
+    if formats and file_format not in formats:
+        have = sorted(formats)[0]
+        raise DataError(
+            f"imagenet2012 in {root} is prepared as {have}, not "
+            f"config.data.file_format={file_format!r}: set --config.data.file_format={have}, "
+            f"or prepare {file_format} into another directory with `"
+            f"{prepare_command('<another data_dir>', file_format)}`"
+        )
+    return prepared
+
+
+def random_access(builder, split: str):
+    """The split's serialized records by index (TFDS's ArrayRecord data source, raw bytes:
+    parsed in the tf.data graph by :func:`parse`)."""
+    tfds = _tfds()
+    return builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+
+
+_FEATURES = {
+    "image": tf.io.FixedLenFeature([], tf.string),
+    "label": tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+def parse(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """A serialized TFDS imagenet2012 example -> (JPEG bytes, int32 label)."""
+    ex = tf.io.parse_single_example(serialized, _FEATURES)
+    return ex["image"], tf.cast(ex["label"], tf.int32)
 
 
 def num_examples(builder, split: str) -> int:
@@ -85,6 +121,17 @@ def num_examples(builder, split: str) -> int:
             "(set config.data.train_split / eval_split)"
         )
     return int(splits[split].num_examples)
+
+
+def check_split(builder, split: str) -> str:
+    """``split`` if the prepared data has it; DataError naming the splits it has otherwise."""
+    splits = builder.info.splits
+    if split not in splits:
+        raise DataError(
+            f"imagenet2012 has no split {split!r}; available: {sorted(splits)} "
+            "(set config.data.train_split / eval_split)"
+        )
+    return split
 
 
 def _seed(*parts: int) -> int:
@@ -103,7 +150,7 @@ def train_records(
     take: int,
     shuffle_buffer: int,
 ) -> tf.data.Dataset:
-    """One epoch of this process's records: {'image': JPEG bytes, 'label', 'pos'}.
+    """One epoch of this process's TFRecords: {'image': JPEG bytes, 'label', 'pos'}.
 
     ``pos`` is the position in this process's epoch stream; ``skip`` records are dropped
     (undecoded) to resume, then ``take`` records are returned.

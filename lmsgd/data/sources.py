@@ -2,10 +2,11 @@
 
 Two kinds of source feed the pipeline:
 
-* :class:`IndexedSplit` (image_folder, digits): random access by example index, so an epoch
-  is a full permutation, processes take disjoint index slices and resuming skips indices
-  before any file is read.
-* TFDS records (imagenet2012): sequential TFRecords, see :mod:`lmsgd.data.imagenet`.
+* :class:`IndexedSplit` (image_folder, digits, imagenet2012 prepared as ArrayRecord: the
+  default): random access by example index, so an epoch is a full permutation, processes
+  take disjoint index slices and resuming skips indices before any file is read.
+* TFDS TFRecords (imagenet2012 with ``file_format='tfrecord'``): sequential, see
+  :mod:`lmsgd.data.imagenet`.
 
 Building a source needs no TensorFlow except for imagenet2012 (the TFDS builder): image
 folders are listed, digits come from scikit-learn. The tf.data loaders import it when called.
@@ -38,21 +39,24 @@ class IndexedSplit:
     """A split addressable by index.
 
     Attributes:
-      labels: [N] int32.
-      make_loader: builds (inside the tf.data graph) index -> image, where image is encoded
-        bytes (tf.string) or decoded uint8 [h, w, 3].
+      num_examples: N.
+      make_loader: builds (inside the tf.data graph) index -> (image, int32 label), where
+        image is encoded bytes (tf.string) or decoded uint8 [h, w, 3].
       describe: index -> human-readable origin (a file path) for error messages.
+      labels: [N] int32 when known without reading the examples (not for ImageNet's
+        ArrayRecords, whose labels are in the records); None otherwise.
       images: the decoded uint8 [N, h, w, 3] images when they are all in memory (digits),
         for the pipeline that runs without TensorFlow; None otherwise.
     """
 
-    labels: np.ndarray
-    make_loader: Callable[[], Callable[[tf.Tensor], tf.Tensor]]
+    num_examples: int
+    make_loader: Callable[[], Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]]
     describe: Callable[[int], str]
+    labels: np.ndarray | None = None
     images: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return self.num_examples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,9 +66,9 @@ class Source:
     info: DatasetInfo
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    train: IndexedSplit | None = None  # None for imagenet2012 / synthetic.
+    train: IndexedSplit | None = None  # None for synthetic and TFRecord imagenet2012.
     eval: IndexedSplit | None = None
-    tfds_builder: Any = None  # imagenet2012 only.
+    tfds_builder: Any = None  # TFRecord imagenet2012 only.
     train_split: str = "train"
     eval_split: str = "validation"
 
@@ -108,12 +112,13 @@ def _digits_source(cfg, shape) -> Source:
         def make_loader():
             tf = requires.tensorflow("digits inception-crop")
             table = tf.constant(images)  # [N, 8, 8, 3] uint8, 200 KB: always in memory.
-            return lambda i: tf.gather(table, i)
+            label_table = tf.constant(labels)
+            return lambda i: (tf.gather(table, i), tf.gather(label_table, i))
 
         def describe(i: int) -> str:
             return f"digits {name} example {i}"
 
-        return IndexedSplit(labels, make_loader, describe, images=images)
+        return IndexedSplit(len(labels), make_loader, describe, labels=labels, images=images)
 
     train, ev = indexed("train"), indexed("eval")
     info = DatasetInfo(
@@ -143,10 +148,12 @@ def _folder_source(cfg, shape) -> Source:
 
             def make_loader():
                 tf = requires.tensorflow("image-folder")
-                paths = tf.constant(split.paths)
-                return lambda i: tf.io.read_file(tf.gather(paths, i))
+                paths, labels = tf.constant(split.paths), tf.constant(split.labels)
+                return lambda i: (tf.io.read_file(tf.gather(paths, i)), tf.gather(labels, i))
 
-        return IndexedSplit(split.labels, make_loader, lambda i: split.paths[int(i)])
+        return IndexedSplit(
+            len(split), make_loader, lambda i: split.paths[int(i)], labels=split.labels
+        )
 
     return Source(
         info,
@@ -204,6 +211,7 @@ def _decoded_cache_loader(split: folders.FolderSplit, skip_corrupt: bool):
     flat, offsets, shapes, _ = _decode_all(split, skip_corrupt)
     flat_t = tf.constant(flat)
     offsets_t, shapes_t = tf.constant(offsets), tf.constant(shapes)
+    labels_t = tf.constant(split.labels)
 
     def load(i):
         shape = tf.gather(shapes_t, i)
@@ -212,7 +220,7 @@ def _decoded_cache_loader(split: folders.FolderSplit, skip_corrupt: bool):
         # failed decode (same counting with and without the cache).
         with tf.control_dependencies([tf.debugging.assert_positive(size, message="corrupt image")]):
             start = tf.gather(offsets_t, i)
-            return tf.reshape(flat_t[start : start + size], shape)
+            return tf.reshape(flat_t[start : start + size], shape), tf.gather(labels_t, i)
 
     return load
 
@@ -221,20 +229,59 @@ def _imagenet_source(cfg, shape) -> Source:
     requires.tensorflow_datasets("imagenet2012 (TFDS)")
     from lmsgd.data import imagenet
 
-    builder = imagenet.get_builder(cfg.data_dir, cfg.manual_dir)
+    builder = imagenet.get_builder(cfg.data_dir, cfg.file_format)
     eval_split = "validation" if cfg.eval_split == "auto" else cfg.eval_split
-    info = DatasetInfo(
-        "imagenet2012",
-        imagenet.NUM_CLASSES,
-        shape,
-        imagenet.num_examples(builder, cfg.train_split),
-        imagenet.num_examples(builder, eval_split),
-    )
+    if cfg.file_format == "tfrecord":
+        info = DatasetInfo(
+            "imagenet2012",
+            imagenet.NUM_CLASSES,
+            shape,
+            imagenet.num_examples(builder, cfg.train_split),
+            imagenet.num_examples(builder, eval_split),
+        )
+        return Source(
+            info,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            tfds_builder=builder,
+            train_split=cfg.train_split,
+            eval_split=eval_split,
+        )
+    train = _imagenet_indexed(builder, imagenet.check_split(builder, cfg.train_split))
+    ev = _imagenet_indexed(builder, imagenet.check_split(builder, eval_split))
+    info = DatasetInfo("imagenet2012", imagenet.NUM_CLASSES, shape, len(train), len(ev))
     return Source(
         info,
         IMAGENET_MEAN,
         IMAGENET_STD,
-        tfds_builder=builder,
+        train=train,
+        eval=ev,
         train_split=cfg.train_split,
         eval_split=eval_split,
     )
+
+
+def _imagenet_indexed(builder, split: str) -> IndexedSplit:
+    """An ArrayRecord split as an :class:`IndexedSplit`: records fetched by index (TFDS's
+    data source, raw bytes) and parsed in the tf.data graph."""
+    from lmsgd.data import imagenet
+
+    records = imagenet.random_access(builder, split)
+
+    def fetch(i: np.ndarray) -> bytes:
+        return records[int(i)]
+
+    def make_loader():
+        tf = requires.tensorflow("imagenet2012")
+
+        def load(i):
+            record = tf.numpy_function(fetch, [i], tf.string, stateful=False)
+            record.set_shape([])
+            return imagenet.parse(record)
+
+        return load
+
+    def describe(i: int) -> str:
+        return f"imagenet2012 {split} example {int(i)} (in {builder.data_dir})"
+
+    return IndexedSplit(len(records), make_loader, describe)

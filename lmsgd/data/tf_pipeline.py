@@ -101,14 +101,14 @@ def indexed_train(cfg, src, split, *, seed, start_epoch, start_step, steps, p, n
         return ds.skip(skip).map(lambda d: {**d, "epoch": epoch})
 
     loader = split.make_loader()
-    labels = tf.constant(split.labels)
     augment_fn = _train_fn(cfg, src, seed)
 
     def load(d):
         key = augment.example_seed(seed, d["epoch"], d["index"], stream=1)
+        image, label = loader(d["index"])
         return {
-            "image": augment_fn(loader(d["index"]), key),
-            "label": tf.gather(labels, d["index"]),
+            "image": augment_fn(image, key),
+            "label": label,
             "epoch": d["epoch"],
             "pos": d["pos"],
         }
@@ -183,15 +183,15 @@ def eval_stream(
         split = src.eval
         real, _ = shard_lib.eval_local_indices(len(split), global_batch_size, p, n_proc)
         loader = split.make_loader()
-        labels = tf.constant(split.labels)
         ds = tf.data.Dataset.from_tensor_slices(
             {"index": real, "pos": np.arange(len(real), dtype=np.int64)}
         )
 
         def load(d):
+            image, label = loader(d["index"])
             return {
-                "image": eval_fn(loader(d["index"])),
-                "label": tf.gather(labels, d["index"]),
+                "image": eval_fn(image),
+                "label": label,
                 "pos": d["pos"],
             }
 
