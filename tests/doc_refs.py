@@ -135,6 +135,26 @@ def _argparse_problems(module: str, args: list[str]) -> list[str]:
     return [f"{module}: unknown option {o}" for o in options if o not in known]
 
 
+def _prepare_problems(args: list[str]) -> list[str]:
+    """`lmsgd.data.prepare` parses the command as written (its dataset, options, --format)."""
+    import contextlib
+    import io
+
+    from lmsgd.data.prepare import build_parser
+
+    # Usage notation: `<placeholder words>` is one value, `[--opt X]` optional, `a|b` choices.
+    text = re.sub(r"<[^>]*>", "VALUE", " ".join(args)).replace("[", " ").replace("]", " ")
+    args = [w.replace("\\|", "|").split("|")[0].rstrip("\\") for w in text.split()]
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            build_parser().parse_args(args)
+    except SystemExit as e:
+        if e.code:
+            return [f"lmsgd.data.prepare {' '.join(args)}: {err.getvalue().strip()}"]
+    return []
+
+
 def command_problems(module: str, args: list[str]) -> list[str]:
     """Unknown modules, unknown flags and bad config keys of one command."""
     import importlib.util
@@ -142,7 +162,7 @@ def command_problems(module: str, args: list[str]) -> list[str]:
     if importlib.util.find_spec(module) is None:
         return [f"no module {module}"]
     if module == "lmsgd.data.prepare":
-        return [] if args[:1] in (["cifar10"], ["--help"]) else [f"{module} {args}: not a usage"]
+        return _prepare_problems(args)
     if module not in FLAGS:
         return _argparse_problems(module, args)
     problems = []

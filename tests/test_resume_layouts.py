@@ -98,15 +98,22 @@ def test_membership_differs_where_groups_pool_other_rows():
     assert [d[0] for d in resume.differences(pairs, mixed)] == ["BN membership"]
 
 
-def test_tfds_imagenet_examples_depend_on_the_process_count():
-    two = resume.effects(_config(data="imagenet2012"), resume.Layout(8, 2))
-    four = resume.effects(_config(data="imagenet2012", k=None), resume.Layout(8, 4))
+def test_only_imagenet_tfrecords_make_the_examples_depend_on_the_process_count():
+    def imagenet(file_format, k=None):
+        c = _config(data="imagenet2012", k=k)
+        c["data"]["file_format"] = file_format
+        return c
+
+    two = resume.effects(imagenet("tfrecord"), resume.Layout(8, 2))
+    four = resume.effects(imagenet("tfrecord"), resume.Layout(8, 4))
     assert [d[0] for d in resume.differences(two, four)] == ["examples in each step"]
-    # Index sources read one global permutation: any process count.
-    assert not resume.differences(
-        resume.effects(_config(), resume.Layout(8, 2)),
-        resume.effects(_config(), resume.Layout(8, 4)),
-    )
+    # Random-access sources read one global permutation: any process count. ImageNet's
+    # ArrayRecords (the default) as image folders and digits.
+    for config in (imagenet("array_record"), _config(data="image_folder"), _config()):
+        assert not resume.differences(
+            resume.effects(config, resume.Layout(8, 2)),
+            resume.effects(config, resume.Layout(8, 4)),
+        )
 
 
 def test_derived_and_suggested_settings():

@@ -293,6 +293,12 @@ def prepare(manual_dir: str, data_dir: str | None, fmt: str) -> str:
     if fmt == "folders" and not data_dir:
         raise DataError("--format folders needs --data_dir: the folder to write train/ and val/ "
                         "into (it becomes --config.data.data_dir)")  # fmt: skip
+    for flag, path in (("--manual_dir", manual_dir), ("--data_dir", data_dir_root(data_dir))):
+        if "://" in path:
+            raise DataError(
+                f"{flag} {path}: prepare reads and writes a local or mounted filesystem; prepare "
+                "on a disk, then copy the result to the bucket (e.g. gsutil -m cp -r)"
+            )
     manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
     data_dir = os.path.abspath(data_dir_root(data_dir))
     done = (lambda: _folders_done(data_dir)) if fmt == "folders" else (
