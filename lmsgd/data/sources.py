@@ -40,13 +40,17 @@ class IndexedSplit:
 
     Attributes:
       num_examples: N.
-      make_loader: builds (inside the tf.data graph) index -> (image, int32 label), where
+      make_loader: builds (inside the tf.data graph) element -> (image, int32 label), where
+        the element is a dict with the example's 'index' (plus what ``read_ahead`` added) and
         image is encoded bytes (tf.string) or decoded uint8 [h, w, 3].
       describe: index -> human-readable origin (a file path) for error messages.
       labels: [N] int32 when known without reading the examples (not for ImageNet's
         ArrayRecords, whose labels are in the records); None otherwise.
       images: the decoded uint8 [N, h, w, 3] images when they are all in memory (digits),
         for the pipeline that runs without TensorFlow; None otherwise.
+      read_ahead: None, or a transformation of the stream of elements (in order) applied
+        before the loader's parallel map: ImageNet's ArrayRecords fetch the records of
+        consecutive indices in batches there (one Python call per batch, not per example).
     """
 
     num_examples: int
@@ -54,6 +58,7 @@ class IndexedSplit:
     describe: Callable[[int], str]
     labels: np.ndarray | None = None
     images: np.ndarray | None = None
+    read_ahead: Callable[[tf.data.Dataset], tf.data.Dataset] | None = None
 
     def __len__(self) -> int:
         return self.num_examples
@@ -113,7 +118,7 @@ def _digits_source(cfg, shape) -> Source:
             tf = requires.tensorflow("digits inception-crop")
             table = tf.constant(images)  # [N, 8, 8, 3] uint8, 200 KB: always in memory.
             label_table = tf.constant(labels)
-            return lambda i: (tf.gather(table, i), tf.gather(label_table, i))
+            return lambda d: (tf.gather(table, d["index"]), tf.gather(label_table, d["index"]))
 
         def describe(i: int) -> str:
             return f"digits {name} example {i}"
@@ -149,7 +154,10 @@ def _folder_source(cfg, shape) -> Source:
             def make_loader():
                 tf = requires.tensorflow("image-folder")
                 paths, labels = tf.constant(split.paths), tf.constant(split.labels)
-                return lambda i: (tf.io.read_file(tf.gather(paths, i)), tf.gather(labels, i))
+                return lambda d: (
+                    tf.io.read_file(tf.gather(paths, d["index"])),
+                    tf.gather(labels, d["index"]),
+                )
 
         return IndexedSplit(
             len(split), make_loader, lambda i: split.paths[int(i)], labels=split.labels
@@ -213,7 +221,8 @@ def _decoded_cache_loader(split: folders.FolderSplit, skip_corrupt: bool):
     offsets_t, shapes_t = tf.constant(offsets), tf.constant(shapes)
     labels_t = tf.constant(split.labels)
 
-    def load(i):
+    def load(d):
+        i = d["index"]
         shape = tf.gather(shapes_t, i)
         size = tf.reduce_prod(shape)
         # A corrupt entry raises here, so the pipeline drops and reports it like a
@@ -261,27 +270,42 @@ def _imagenet_source(cfg, shape) -> Source:
     )
 
 
+# Records fetched per Python call: amortizes the call (~1 ms through tf.numpy_function) over
+# many records.
+_FETCH_BATCH = 64
+
+
 def _imagenet_indexed(builder, split: str) -> IndexedSplit:
     """An ArrayRecord split as an :class:`IndexedSplit`: records fetched by index (TFDS's
-    data source, raw bytes) and parsed in the tf.data graph."""
+    data source, raw bytes), in batches of consecutive positions of the stream, and parsed
+    in the tf.data graph."""
     from lmsgd.data import imagenet
 
     records = imagenet.random_access(builder, split)
 
-    def fetch(i: np.ndarray) -> bytes:
-        return records[int(i)]
+    def fetch(indices: np.ndarray) -> np.ndarray:
+        # One by one: the data source's batched read (__getitems__) starts a Python thread
+        # pool per call, which hung inside tf.data's threads here.
+        return np.array([records[i] for i in indices.tolist()], dtype=object)
 
-    def make_loader():
+    def read_ahead(ds):
         tf = requires.tensorflow("imagenet2012")
 
-        def load(i):
-            record = tf.numpy_function(fetch, [i], tf.string, stateful=False)
-            record.set_shape([])
-            return imagenet.parse(record)
+        def add_records(d):
+            record = tf.numpy_function(fetch, [d["index"]], tf.string, stateful=False)
+            record.set_shape(d["index"].shape)
+            return {**d, "record": record}
 
-        return load
+        return (
+            ds.batch(_FETCH_BATCH)
+            .map(add_records, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .unbatch()
+        )
+
+    def make_loader():
+        return lambda d: imagenet.parse(d["record"])
 
     def describe(i: int) -> str:
         return f"imagenet2012 {split} example {int(i)} (in {builder.data_dir})"
 
-    return IndexedSplit(len(records), make_loader, describe)
+    return IndexedSplit(len(records), make_loader, describe, read_ahead=read_ahead)

@@ -105,7 +105,7 @@ def indexed_train(cfg, src, split, *, seed, start_epoch, start_step, steps, p, n
 
     def load(d):
         key = augment.example_seed(seed, d["epoch"], d["index"], stream=1)
-        image, label = loader(d["index"])
+        image, label = loader(d)
         return {
             "image": augment_fn(image, key),
             "label": label,
@@ -114,6 +114,8 @@ def indexed_train(cfg, src, split, *, seed, start_epoch, start_step, steps, p, n
         }
 
     ds = tf.data.Dataset.range(start_epoch, _MAX_EPOCHS).flat_map(epoch_ds)
+    if split.read_ahead is not None:
+        ds = split.read_ahead(ds)
     ds = ds.map(load, num_parallel_calls=_parallel(cfg), deterministic=True)
     ds = ds.ignore_errors().batch(b, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     ds = _options(ds, cfg)
@@ -186,9 +188,11 @@ def eval_stream(
         ds = tf.data.Dataset.from_tensor_slices(
             {"index": real, "pos": np.arange(len(real), dtype=np.int64)}
         )
+        if split.read_ahead is not None:
+            ds = split.read_ahead(ds)
 
         def load(d):
-            image, label = loader(d["index"])
+            image, label = loader(d)
             return {
                 "image": eval_fn(image),
                 "label": label,
