@@ -12,6 +12,7 @@ import io
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import threading
@@ -155,6 +156,21 @@ def test_a_second_process_says_who_prepares_and_waits(tmp_path, monkeypatch):
     )
     assert not (target / "train").exists()  # it prepared nothing itself
     assert rest[-1].strip() == result["flags"]
+
+
+def test_training_on_partly_prepared_folders_names_the_command(mini, tmp_path):
+    root, _, _ = mini
+    partial = tmp_path / "folders"
+    shutil.copytree(root / "folders", partial)
+    (partial / imagenet_prepare.DONE_NAME).unlink()
+    (partial / "val").rename(partial / "val.partial")  # stopped while writing val/
+    with pytest.raises(DataError) as e:
+        data.get_dataset_info(_cfg(tmp_path, "folders"))
+    msg = str(e.value)
+    assert "partly prepared (val.partial left by a stopped run)" in msg and "\n" not in msg
+    assert f"--data_dir {partial} --format folders`" in msg
+    (partial / "val.partial").rename(partial / "val")  # a user's own folders: no marker, fine
+    assert data.get_dataset_info(_cfg(tmp_path, "folders")).num_eval_examples == MINI_VAL
 
 
 def test_errors_are_one_line_naming_the_value(tmp_path):

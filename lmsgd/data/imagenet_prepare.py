@@ -282,6 +282,28 @@ def _folders_done(data_dir: str) -> bool:
     return os.path.isfile(os.path.join(data_dir, DONE_NAME))
 
 
+def check_folders_complete(root: str) -> None:
+    """DataError (one line naming the command that finishes it) when `root` is an image
+    folder that `prepare --format folders` is writing or left unfinished."""
+    if not os.path.isdir(root) or os.path.isfile(os.path.join(root, DONE_NAME)):
+        return
+    holder = lock_holder(root)
+    partial = [n for n in ("train", "val") if os.path.isdir(os.path.join(root, n + ".partial"))]
+    if os.path.isdir(os.path.join(root, "train")):
+        with os.scandir(os.path.join(root, "train")) as entries:
+            if any(e.name.endswith(".partial") for e in entries):
+                partial.append("train/<synset>")
+    if holder is None and not partial:
+        return
+    left = ", ".join(p + ".partial" for p in partial)
+    state = f"being prepared now by {holder}" if holder else (
+        f"partly prepared ({left} left by a stopped run)")  # fmt: skip
+    raise DataError(
+        f"image folder root {root} is {state}: run `{prepare_command(root, 'folders')}` to "
+        "finish it (or wait for it), then rerun"
+    )
+
+
 # --- the command -------------------------------------------------------------------------------
 
 

@@ -133,7 +133,10 @@ def _digits_source(cfg, shape) -> Source:
 
 
 def _folder_source(cfg, shape) -> Source:
+    from lmsgd.data import imagenet_prepare
+
     root = cfg.data_dir
+    imagenet_prepare.check_folders_complete(root)
     train = folders.list_split(root, cfg.train_split)
     eval_name = folders.resolve_eval_split(root, cfg.eval_split)
     ev = folders.list_split(root, eval_name)
