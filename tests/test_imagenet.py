@@ -130,6 +130,25 @@ def test_rerun_skips_and_another_format_in_the_same_directory_is_refused(mini):
         data.get_dataset_info(_cfg(root, "array_record", file_format="tfrecord"))
 
 
+def test_an_interrupted_folders_run_is_finished_without_redoing_its_synsets(mini, tmp_path):
+    root, facts, _ = mini
+    target = tmp_path / "folders"
+    shutil.copytree(root / "folders", target)
+    # Stopped inside the train tar: the last synset half written, val/ not started.
+    (target / imagenet_prepare.DONE_NAME).unlink()
+    shutil.rmtree(target / "val")
+    last = target / "train" / facts["synsets"][-1]
+    last.rename(last.with_name(last.name + ".partial"))
+    kept = target / "train" / facts["synsets"][0]
+    marker = kept / "kept"  # a prepared synset is not written again
+    marker.write_text("")
+    flags, out = _prepare(root / "manual", target, "folders")
+    assert out.startswith("preparing imagenet2012 as folders") and out.rstrip().endswith(flags)
+    assert marker.exists() and last.is_dir() and not last.with_name(last.name + ".partial").exists()
+    assert len(list((target / "val").rglob("*.JPEG"))) == MINI_VAL
+    assert (target / imagenet_prepare.DONE_NAME).exists()
+
+
 def test_a_second_process_says_who_prepares_and_waits(tmp_path, monkeypatch):
     write_mini_ilsvrc(tmp_path / "manual", per_synset=1)
     target = tmp_path / "folders"

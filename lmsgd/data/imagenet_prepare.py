@@ -278,6 +278,18 @@ def _prepare_folders(manual_dir: str, data_dir: str) -> dict[str, int]:
     return counts
 
 
+def _folders_left(manual_dir: str, data_dir: str) -> float:
+    """The fraction of the work an earlier, interrupted `folders` run left (by synsets)."""
+    train_dir = os.path.join(data_dir, "train")
+    if not os.path.isdir(train_dir):
+        return 1.0
+    with tarfile.open(os.path.join(manual_dir, TARS[0])) as outer:  # headers only
+        synsets = [os.path.basename(m.name)[: -len(".tar")] for m in outer
+                   if m.isfile() and m.name.endswith(".tar")]  # fmt: skip
+    done = sum(os.path.isdir(os.path.join(train_dir, s)) for s in synsets)
+    return 1.0 - done / max(len(synsets), 1)
+
+
 def _folders_done(data_dir: str) -> bool:
     return os.path.isfile(os.path.join(data_dir, DONE_NAME))
 
@@ -339,6 +351,8 @@ def prepare(manual_dir: str, data_dir: str | None, fmt: str) -> str:
             if mine:
                 if done():  # finished by the process we waited for
                     break
+                if fmt == "folders":  # a rerun finishes what an interrupted one left
+                    need *= _folders_left(manual_dir, data_dir)
                 _say(f"preparing imagenet2012 as {fmt} from {manual_dir} into {data_dir}: "
                      f"needs about {_gb(need)} of disk ({_gb(free)} free there)")  # fmt: skip
                 if free < need:
