@@ -265,7 +265,8 @@ def assemble(
     """The run on a given mesh (its devices may be remote, e.g. a TPU topology the planner
     compiles for) and dataset metadata; `source` None when no data will be read."""
     plan = plan_run(config, info, mesh.devices.size)
-    model = model_from_config(config.model, info.num_classes)
+    # The model normalizes the pixels the pipelines send (uint8) with the dataset's statistics.
+    model = model_from_config(config.model, info.num_classes, info.mean, info.std)
     try:
         tx, schedules = create_optimizer(
             config.optimizer,

@@ -25,8 +25,6 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Solid grey images: level 5 + 7 * id survives JPEG, crops, flips and resizes, so the
 # example id can be read back from any preprocessed image.
 LEVEL0, LEVEL_STEP = 5, 7
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406]) * 255
-IMAGENET_STD = np.array([0.229, 0.224, 0.225]) * 255
 
 
 def write_solid_folder(root: pathlib.Path, counts: dict[str, list[int]]) -> pathlib.Path:
@@ -46,8 +44,8 @@ def write_solid_folder(root: pathlib.Path, counts: dict[str, list[int]]) -> path
 
 
 def ids_from_images(images: np.ndarray) -> np.ndarray:
-    """Normalized solid images [B, H, W, 3] -> example ids [B]."""
-    pixels = np.asarray(images, np.float32) * IMAGENET_STD + IMAGENET_MEAN
+    """Solid images [B, H, W, 3] as the pipelines send them (pixels) -> example ids [B]."""
+    pixels = np.asarray(images, np.float32)
     level = pixels.reshape(len(pixels), -1).mean(axis=1)
     return np.round((level - LEVEL0) / LEVEL_STEP).astype(int)
 

@@ -12,7 +12,7 @@ def test_defaults_cover_documented_keys():
     assert set(cfg) == set(DATA_CONFIG_DOCS)
     assert cfg.name == "digits" and cfg.image_size == 32
     assert cfg.eval_crop_ratio == 0.875 and cfg.num_parallel_calls == -1
-    assert cfg.skip_corrupt is False and cfg.dtype == "float32"
+    assert cfg.skip_corrupt is False and cfg.dtype == "uint8"
     data.validate_data_config(cfg)
     cfg.cache = True  # type_safe=False: 'auto' -> bool is allowed
     data.validate_data_config(cfg)
@@ -23,7 +23,7 @@ def test_defaults_cover_documented_keys():
     [
         ("name", "mnist", "'digits' | 'image_folder'"),
         ("crop", "center", "'inception' | 'resize_crop'"),
-        ("dtype", "float16", "'bfloat16'"),
+        ("dtype", "float16", "'uint8' | 'bfloat16'"),
         ("eval_crop_ratio", 1.5, "(0, 1]"),
         ("num_parallel_calls", 0, "AUTOTUNE"),
         ("crop_area_range", (0.5, 0.1), "lo <= hi"),

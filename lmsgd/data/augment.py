@@ -6,7 +6,8 @@ flip in an uninterrupted and in a resumed run, whatever the number of processes.
 
 Inputs are either encoded bytes (JPEG/PNG/GIF/BMP; JPEGs take the fused decode-and-crop
 path) or an already decoded uint8 [h, w, 3] image (digits, cached folders). Outputs are
-normalized float32 [S, S, 3] images; the pipeline casts to bfloat16 when asked.
+[S, S, 3] pixels on the 0..255 scale in the wire dtype (uint8 by default, rounded after
+resizing): the model normalizes them on the device (``lmsgd.models.resnet.normalize_input``).
 """
 
 from __future__ import annotations
@@ -131,11 +132,11 @@ def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
 
 
-def normalize(
-    image: tf.Tensor, mean: Sequence[float], std: Sequence[float], dtype: tf.DType
-) -> tf.Tensor:
-    """(image - mean) / std per channel, then cast to ``dtype``."""
-    image = (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+def to_wire(image: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    """float32 pixels (0..255) -> ``dtype``: uint8 rounds to the nearest level (saturating);
+    bfloat16 and float32 keep the resized values."""
+    if dtype == tf.uint8:
+        return tf.saturate_cast(tf.round(image), tf.uint8)
     return tf.cast(image, dtype)
 
 
@@ -150,11 +151,9 @@ def train_preprocess(
     area_range: Sequence[float],
     aspect_ratio_range: Sequence[float],
     fused: bool,
-    mean: Sequence[float],
-    std: Sequence[float],
     dtype: tf.DType,
 ) -> tf.Tensor:
-    """One training example: crop ('inception' | 'resize_crop'), flip, normalize."""
+    """One training example: crop ('inception' | 'resize_crop'), flip, in ``dtype``."""
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     if crop == "inception":
         out = inception_crop(
@@ -172,19 +171,11 @@ def train_preprocess(
     if flip:
         out = random_flip(out, flip_seed)
     out.set_shape([size, size, 3])
-    return normalize(out, mean, std, dtype)
+    return to_wire(out, dtype)
 
 
-def eval_preprocess(
-    image: tf.Tensor,
-    *,
-    size: int,
-    ratio: float,
-    mean: Sequence[float],
-    std: Sequence[float],
-    dtype: tf.DType,
-) -> tf.Tensor:
-    """One evaluation example: resize shorter side, center crop, normalize."""
+def eval_preprocess(image: tf.Tensor, *, size: int, ratio: float, dtype: tf.DType) -> tf.Tensor:
+    """One evaluation example: resize shorter side, center crop, in ``dtype``."""
     out = center_crop_eval(image, size, ratio)
     out.set_shape([size, size, 3])
-    return normalize(out, mean, std, dtype)
+    return to_wire(out, dtype)

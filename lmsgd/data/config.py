@@ -22,7 +22,7 @@ from lmsgd.schema import one_of as _one_of
 DATASET_NAMES = ("digits", "image_folder", "imagenet2012", "synthetic")
 CROP_MODES = ("auto", "inception", "resize_crop")
 IMAGENET_FILE_FORMATS = ("array_record", "tfrecord")
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("uint8", "bfloat16", "float32")
 # Split names an `image_folder` root may use for evaluation, in the order 'auto' tries them.
 FOLDER_EVAL_SPLITS = ("val", "validation", "test")
 
@@ -33,6 +33,9 @@ IMAGENET_NUM_EVAL = 50_000
 # ChainerMN code which subtracts the per-channel mean).
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+# Synthetic pixels are uniform integers 0..255: their mean and standard deviation.
+SYNTHETIC_MEAN = (127.5,) * 3
+SYNTHETIC_STD = (math.sqrt((256**2 - 1) / 12),) * 3
 
 
 def _opt_str(x: Any) -> bool:
@@ -170,9 +173,10 @@ _KEYS: dict[str, _Key] = {
         "a float in (0, 1]",
     ),
     "dtype": _Key(
-        "float32",
-        "Dtype of the normalized images handed to the model ('bfloat16' halves host->device "
-        "traffic).",
+        "uint8",
+        "Dtype the images travel in from the host to the devices: pixels on the 0..255 scale, "
+        "normalized by the model on the device. 'uint8' (rounded after resizing) moves a "
+        "quarter of float32's bytes; 'bfloat16' and 'float32' keep the resized values.",
         _one_of(*DTYPES),
         " | ".join(map(repr, DTYPES)),
     ),

@@ -19,6 +19,9 @@ class DatasetInfo:
       num_train_examples: examples in the training split (all processes together).
       num_eval_examples: examples in the evaluation split (all processes together).
       class_names: optional names in label order (image folders: the sorted folder names).
+      mean, std: per-channel statistics of the input pixels (0..255 scale); the pipelines
+        send raw pixels (uint8) and the model normalizes with these on the device. None:
+        the images arrive normalized.
     """
 
     name: str
@@ -27,6 +30,8 @@ class DatasetInfo:
     num_train_examples: int
     num_eval_examples: int
     class_names: tuple[str, ...] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
 
 def steps_per_epoch(info: DatasetInfo, global_batch_size: int) -> int:

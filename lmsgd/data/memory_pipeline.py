@@ -6,12 +6,14 @@ permutation drawn from (seed, epoch), cut into global batches with the layout of
 index), so a resumed run and any number of processes see the batches of an uninterrupted
 one. Resizing is bilinear with half-pixel centres and no antialiasing, as
 ``tf.image.resize(..., 'bilinear')``, done once per split (the digits are 8x8: 1,797 images).
+Batches carry pixels in the wire dtype (uint8 by default, rounded after resizing, as the
+tf.data pipelines): the model normalizes them on the device.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import jax.numpy as jnp
 import numpy as np
@@ -56,11 +58,12 @@ def resize(images: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(out.transpose(0, 2, 3, 1), dtype=np.float32)
 
 
-def _normalize(
-    images: np.ndarray, mean: Sequence[float], std: Sequence[float], dtype: str
-) -> np.ndarray:
-    out = (images - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return out.astype(jnp.bfloat16 if dtype == "bfloat16" else np.float32)
+def to_wire(images: np.ndarray, dtype: str) -> np.ndarray:
+    """float pixels (0..255) -> ``dtype``: uint8 rounds half to even (as ``tf.round``) and
+    saturates; bfloat16 and float32 keep the values."""
+    if dtype == "uint8":
+        return np.clip(np.round(images), 0, 255).astype(np.uint8)
+    return images.astype(jnp.bfloat16 if dtype == "bfloat16" else np.float32)
 
 
 def eval_images(images: np.ndarray, size: int, ratio: float) -> np.ndarray:
@@ -98,10 +101,9 @@ def train_stream(
     split = src.train
     size = cfg.image_size
     big = int(round(size / cfg.eval_crop_ratio))
-    # Normalizing is per pixel, so it commutes with cropping and flipping: done once here.
-    resized = _normalize(resize(split.images, big, big), src.mean, src.std, "float32")
+    # Resized once, in the wire dtype; crops and flips are slices of it.
+    resized = to_wire(resize(split.images, big, big), cfg.dtype)
     windows = np.lib.stride_tricks.sliding_window_view(resized, (size, size), axis=(1, 2))
-    dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else np.float32
     flip = config.effective_flip(cfg)
     n = len(split)
     for epoch in itertools.count(start_epoch):
@@ -114,7 +116,7 @@ def train_stream(
             crops = np.moveaxis(crops, 1, -1)
             if flip:
                 crops = np.where(flips[idx, None, None, None], crops[:, :, ::-1], crops)
-            yield {"image": np.ascontiguousarray(crops, dtype), "label": split.labels[idx]}
+            yield {"image": np.ascontiguousarray(crops), "label": split.labels[idx]}
 
 
 def eval_stream(
@@ -125,7 +127,7 @@ def eval_stream(
     size = cfg.image_size
     real, num_batches = shard_lib.eval_local_indices(len(split), global_batch_size, p, n_proc)
     images = eval_images(split.images, size, cfg.eval_crop_ratio)
-    images = _normalize(images, src.mean, src.std, cfg.dtype)
+    images = to_wire(images, cfg.dtype)
     for k in range(num_batches):
         idx = real[k * b : (k + 1) * b]
         n_real = len(idx)

@@ -77,7 +77,8 @@ def train_batches(
         it once); None builds it from ``cfg``.
 
     Returns:
-      A :class:`BatchIterator` of {'image': [G, S, S, 3] float32|bfloat16 normalized,
+      A :class:`BatchIterator` of {'image': [G, S, S, 3] pixels 0..255 in
+      ``cfg.dtype`` (uint8 by default; the model normalizes them on the device),
       'label': [G] int32} (global arrays; [G / process_count, ...] numpy when sharding is
       None). ``.epoch``/``.step`` give the next batch's position, ``.num_skipped`` the
       corrupt files skipped.

@@ -91,7 +91,7 @@ def make_source(cfg: Mapping[str, Any]) -> Source:
             cfg.num_train_examples,
             cfg.num_eval_examples,
         )
-        return Source(info, (0.0,) * 3, (1.0,) * 3)
+        return _with_stats(Source(info, config.SYNTHETIC_MEAN, config.SYNTHETIC_STD))
     if cfg.name == "digits":
         src = _digits_source(cfg, shape)
     elif cfg.name == "image_folder":
@@ -104,7 +104,13 @@ def make_source(cfg: Mapping[str, Any]) -> Source:
             f"{src.info.num_classes} classes; leave num_classes=None (it is only needed for "
             "synthetic data)"
         )
-    return src
+    return _with_stats(src)
+
+
+def _with_stats(src: Source) -> Source:
+    """The source with its pixel statistics in its info: the model normalizes with them."""
+    info = dataclasses.replace(src.info, mean=tuple(src.mean), std=tuple(src.std))
+    return dataclasses.replace(src, info=info)
 
 
 def _digits_source(cfg, shape) -> Source:

@@ -17,7 +17,7 @@ from lmsgd.data.info import DatasetInfo
 
 
 def _dtype(name: str):
-    return jnp.bfloat16 if name == "bfloat16" else jnp.float32
+    return jnp.dtype(name)
 
 
 def make_batch(
@@ -27,13 +27,17 @@ def make_batch(
     dtype: str,
     sharding: jax.sharding.Sharding | None,
 ) -> dict:
-    """{'image': [batch, H, W, 3] N(0,1), 'label': [batch] int32} on device (or numpy)."""
+    """{'image': [batch, H, W, 3] pixels, 'label': [batch] int32} on device (or numpy).
+
+    Pixels are uniform integers 0..255 in ``dtype`` (uint8 as the pipelines send them; the
+    model normalizes them with :data:`lmsgd.data.config.SYNTHETIC_MEAN`/``_STD``).
+    """
     shape = (batch_size, *info.image_shape)
 
     def gen(key):
         k1, k2 = jax.random.split(key)
         return {
-            "image": jax.random.normal(k1, shape, _dtype(dtype)),
+            "image": jax.random.randint(k1, shape, 0, 256, jnp.int32).astype(_dtype(dtype)),
             "label": jax.random.randint(k2, (batch_size,), 0, info.num_classes, jnp.int32),
         }
 

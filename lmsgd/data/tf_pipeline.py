@@ -36,7 +36,8 @@ def _parallel(cfg) -> int:
 
 
 def _tf_dtype(cfg) -> tf.DType:
-    return tf.bfloat16 if cfg.dtype == "bfloat16" else tf.float32
+    """The wire dtype of the pixels (normalized on the device by the model)."""
+    return tf.as_dtype(cfg.dtype)
 
 
 def _train_fn(cfg, src: sources.Source, seed: int) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
@@ -49,8 +50,6 @@ def _train_fn(cfg, src: sources.Source, seed: int) -> Callable[[tf.Tensor, tf.Te
         area_range=tuple(cfg.crop_area_range),
         aspect_ratio_range=tuple(cfg.crop_aspect_ratio_range),
         fused=cfg.decode_and_crop,
-        mean=src.mean,
-        std=src.std,
         dtype=_tf_dtype(cfg),
     )
     return lambda image, key: augment.train_preprocess(image, key, **kwargs)
@@ -60,8 +59,6 @@ def _eval_fn(cfg, src: sources.Source) -> Callable[[tf.Tensor], tf.Tensor]:
     kwargs = dict(
         size=cfg.image_size,
         ratio=cfg.eval_crop_ratio,
-        mean=src.mean,
-        std=src.std,
         dtype=_tf_dtype(cfg),
     )
     return lambda image: augment.eval_preprocess(image, **kwargs)

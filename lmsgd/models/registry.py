@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -45,8 +45,11 @@ def create_model(
     width_multiplier: float = 1.0,
     zero_init_residual: bool = True,
     norm: Callable[..., nn.Module] = PER_DEVICE_NORM,
+    input_mean: Sequence[float] | None = None,
+    input_std: Sequence[float] | None = None,
 ) -> ResNet:
-    """Builds a named ResNet; `norm` is the normalization factory (see `ResNet`)."""
+    """Builds a named ResNet; `norm` is the normalization factory, `input_mean`/`input_std`
+    the input pixels' statistics it normalizes with (see `ResNet`)."""
     if name not in ARCHITECTURES:
         raise ValueError(f"Unknown model {name!r}; allowed: {', '.join(ARCHITECTURES)}")
     if dtype not in DTYPES:
@@ -62,6 +65,8 @@ def create_model(
         dtype=DTYPES[dtype],
         zero_init_residual=zero_init_residual,
         norm=norm,
+        input_mean=None if input_mean is None else tuple(map(float, input_mean)),
+        input_std=None if input_std is None else tuple(map(float, input_std)),
     )
 
 
@@ -77,9 +82,15 @@ def norm_from_config(model_cfg: Mapping[str, Any]) -> Callable[..., nn.Module]:
     )
 
 
-def model_from_config(model_cfg: Mapping[str, Any], num_classes: int) -> ResNet:
+def model_from_config(
+    model_cfg: Mapping[str, Any],
+    num_classes: int,
+    input_mean: Sequence[float] | None = None,
+    input_std: Sequence[float] | None = None,
+) -> ResNet:
     """The model a `config.model` section describes; `num_classes` from the dataset unless
-    the section sets it."""
+    the section sets it; `input_mean`/`input_std` (the dataset's pixel statistics) make it
+    normalize its input pixels on the device."""
     return create_model(
         model_cfg["name"],
         num_classes=model_cfg["num_classes"] or num_classes,
@@ -87,4 +98,6 @@ def model_from_config(model_cfg: Mapping[str, Any], num_classes: int) -> ResNet:
         width_multiplier=model_cfg["width_multiplier"],
         zero_init_residual=model_cfg["zero_init_residual"],
         norm=norm_from_config(model_cfg),
+        input_mean=input_mean,
+        input_std=input_std,
     )

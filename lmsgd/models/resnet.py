@@ -23,6 +23,26 @@ from lmsgd.models.normalization import BatchStatsNorm
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+def normalize_input(
+    x: jax.Array, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> jax.Array:
+    """``(x - mean) / std`` per channel in float32 (``x`` unchanged when ``mean`` is None).
+
+    The same float32 arithmetic the host pipelines did before sending normalized images;
+    on the device it fuses into the first convolution's input.
+    """
+    if mean is None:
+        return x
+    if std is None or len(mean) != x.shape[-1] or len(std) != x.shape[-1]:
+        raise ValueError(
+            f"input_mean={mean}, input_std={std}: need one value each per channel "
+            f"({x.shape[-1]})"
+        )
+    mean_c = jnp.asarray(mean, jnp.float32)
+    std_c = jnp.asarray(std, jnp.float32)
+    return (x.astype(jnp.float32) - mean_c) / std_c
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions (ResNet-18/34 and the CIFAR ResNets)."""
 
@@ -81,6 +101,10 @@ class ResNet(nn.Module):
       stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool) or "cifar" (3x3/1 conv).
       dtype: compute dtype (float32 or bfloat16); parameters stay `param_dtype`.
       zero_init_residual: zero-initialise the scale of each branch's last normalization.
+      input_mean, input_std: per-channel statistics of the input pixels (0..255 scale). When
+        set, the model normalizes its input first, ``(x - mean) / std`` in float32 on the
+        device, so images can travel from the host as uint8 (a quarter of float32's bytes);
+        None takes the input as already normalized.
       norm: normalization factory, e.g. `functools.partial(BatchStatsNorm, mode=...,
         virtual_batch_size=...)` (as Flax's ImageNet example passes `norm`); the model adds
         `dtype`, `param_dtype` and the residual branches' `scale_init`. The train step binds
@@ -97,10 +121,16 @@ class ResNet(nn.Module):
     param_dtype: Any = jnp.float32
     zero_init_residual: bool = True
     norm: Callable[..., nn.Module] = functools.partial(BatchStatsNorm, group_size=1)
+    input_mean: tuple[float, ...] | None = None
+    input_std: tuple[float, ...] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        """Maps images `[B, H, W, 3]` to logits `[B, num_classes]` (float32)."""
+        """Maps images `[B, H, W, 3]` to logits `[B, num_classes]` (float32).
+
+        With `input_mean`/`input_std` the images are pixels of any dtype (uint8 from the
+        pipelines), normalized here; without, they are taken as normalized already.
+        """
         if self.stem not in ("imagenet", "cifar"):
             raise ValueError(f"stem={self.stem!r}; allowed: 'imagenet', 'cifar'")
         conv = functools.partial(
@@ -116,7 +146,7 @@ class ResNet(nn.Module):
         last_norm = functools.partial(norm, scale_init=last_scale_init)
 
         width = max(1, round(self.width * self.width_multiplier))
-        x = x.astype(self.dtype)
+        x = normalize_input(x, self.input_mean, self.input_std).astype(self.dtype)
         if self.stem == "imagenet":
             x = conv(width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="conv_init")(x)
             x = nn.relu(norm(name="bn_init")(x, train=train))

@@ -79,6 +79,8 @@ def dataset_info(data_cfg: Mapping[str, Any]):
             (size, size, 3),
             data_config.IMAGENET_NUM_TRAIN,
             data_config.IMAGENET_NUM_EVAL,
+            mean=data_config.IMAGENET_MEAN,
+            std=data_config.IMAGENET_STD,
         )
     from lmsgd.data.info import get_dataset_info
 
@@ -128,7 +130,7 @@ def build_step(config: Any, mesh: Mesh) -> StepSetup:
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), jax.eval_shape(init)
     )
     data = batch_sharding(mesh)
-    image_dtype = jnp.bfloat16 if config.data.dtype == "bfloat16" else jnp.float32
+    image_dtype = jnp.dtype(config.data.dtype)  # pixels as the pipelines send them
     batch = {
         "image": jax.ShapeDtypeStruct(
             (global_batch, *info.image_shape), image_dtype, sharding=data
