@@ -53,7 +53,8 @@ def test_digits_eval_image_matches_reference():
     images, labels = load_digits_split(0.2)["eval"]
     mean, std = digits_mean_std(0.2)
     assert b["image"].dtype == np.uint8 and (mean, std) == (
-        data.get_dataset_info(cfg).mean, data.get_dataset_info(cfg).std
+        data.get_dataset_info(cfg).mean,
+        data.get_dataset_info(cfg).std,
     )
     raw = b["image"][0, :, :, 0].astype(np.float64)
     idx = np.flatnonzero(

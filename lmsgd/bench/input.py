@@ -1,21 +1,27 @@
-"""Input pipeline throughput: training images/s (and per core) on an image folder.
+"""Input pipeline throughput: training images/s per core, peak host memory and host-to-device
+bytes of every training input path, side by side in one run.
 
-Compares, in one run, the training pipeline with the Inception crop fused into JPEG
-decoding (decode_and_crop_jpeg) against decoding the full image and then cropping, plus the
-ChainerMN resize+crop mode and tfds.ImageFolder (which always decodes fully) with the same
-crop. Without ``--data_dir`` it generates ImageNet-like JPEGs (500x375, quality 90) into a
-cache directory. Prints a table and writes JSON (hardware, versions, config, figures) to
-``--results_dir``.
+Without ``--data_dir`` it writes ImageNet-like JPEGs: crops of the real photographs that
+scikit-image ships (``skimage.data``), resized to the size distribution of ILSVRC-2012's
+training images (about 400x350 on average) and saved at JPEG quality 85-95 (mean 90). Each
+path runs in its own process (its peak RSS is that process's), in alternating order over
+``--repeats`` rounds; the median is reported, with its ratio to the default path
+(``decode_and_crop``). Prints a table and writes JSON (hardware, versions, config, figures)
+to ``--results_dir``. A path is one entry of :data:`PATHS`: add one by name there.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
+import multiprocessing
 import os
+import resource
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,6 +29,7 @@ import numpy as np
 from lmsgd.bench import common
 
 _CACHE = os.path.join(os.path.expanduser("~"), ".cache", "lmsgd", "bench_input")
+REFERENCE = "decode_and_crop"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,18 +43,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_size", type=int, default=None, help="per-host batch")
     parser.add_argument("--num_batches", type=int, default=None, help="timed batches per mode")
     parser.add_argument("--warmup_batches", type=int, default=None, help="untimed batches")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument(
+        "--dtype", default="uint8", choices=("uint8", "bfloat16", "float32"),
+        help="wire dtype of the images sent to the devices (config.data.dtype)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--min_side", type=int, default=160,
+        help="shorter side of the fast paths: config.data.decode_min_side of 'dct_scaled', "
+        "the prepared copy of 'preresized'",
+    )  # fmt: skip
     parser.add_argument("--cache_dir", default=_CACHE, help="where generated JPEGs go")
     parser.add_argument("--results_dir", default="./results", help="JSON output folder")
     parser.add_argument(
-        "--modes",
-        default="decode_and_crop,decode_then_crop,resize_crop,tfds_image_folder",
-        help="comma-separated subset of the modes to run",
+        "--modes", default=None, help="comma-separated subset of the paths (default: all)"
     )
     parser.add_argument(
         "--repeats", type=int, default=None, help="rounds over all modes (median reported)"
     )
-    parser.add_argument("--quick", action="store_true", help="small setting, < 1 min on 2 cores")
+    parser.add_argument("--quick", action="store_true", help="small setting, ~1 min on 2 cores")
 
 
 def _settings(args: argparse.Namespace) -> dict[str, int]:
@@ -65,19 +78,45 @@ def _settings(args: argparse.Namespace) -> dict[str, int]:
     return out
 
 
-def make_jpeg_folder(
-    root: str,
-    num_images: int,
-    *,
-    num_classes: int = 4,
-    size: tuple[int, int] = (500, 375),
-    quality: int = 90,
-    seed: int = 0,
-) -> str:
-    """Write ImageNet-like JPEGs to root/{train,val}/class_k/ (val gets 1/8); returns root.
+# --- ImageNet-like JPEGs from real photographs ------------------------------------------------
 
-    Content is smooth colour fields plus fine noise, so the JPEGs have a realistic size
-    (~100 KB at 500x375, q90, like ImageNet's) and decoding work (flat images decode faster).
+# scikit-image's colour photographs (shipped in its wheel, no download).
+PHOTOS = (
+    "astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry",
+    "stereo_motorcycle", "retina", "rocket",
+)  # fmt: skip
+
+
+def _photos() -> list[np.ndarray]:
+    try:
+        from skimage import data as skdata
+    except ImportError:
+        raise SystemExit(
+            "bench input's ImageNet-like JPEGs need scikit-image: pip install 'lmsgd[bench]'"
+        ) from None
+    out = []
+    for name in PHOTOS:
+        img = getattr(skdata, name)()
+        imgs = img[:2] if name == "stereo_motorcycle" else (img,)  # left and right views
+        out += [np.asarray(x)[..., :3] for x in imgs]
+    return out
+
+
+def ilsvrc_like_size(rng: np.random.Generator) -> tuple[int, int]:
+    """(width, height) drawn like ILSVRC-2012 training images: the longer side 500 for half
+    of them (the Flickr downloads' usual size), else 200-500; aspect 4:3, 3:2 or 1:1 (a
+    quarter portrait). Mean about 410 x 350."""
+    long = 500 if rng.random() < 0.5 else int(rng.integers(200, 501))
+    short = round(long / rng.choice([4 / 3, 3 / 2, 1.0], p=[0.6, 0.25, 0.15]))
+    return (short, long) if rng.random() < 0.25 else (long, short)
+
+
+def make_jpeg_folder(root: str, num_images: int, *, num_classes: int = 4, seed: int = 0) -> str:
+    """ImageNet-like JPEGs in root/{train,val}/class_k/ (val gets 1/8); returns root.
+
+    Each is a random crop (25-100% of the area) of one of scikit-image's photographs, resized
+    (antialiased) to an ILSVRC-like size and saved at quality 85-95: real image content, so
+    file sizes and decoding work are a photograph's, not noise's.
     """
     from PIL import Image
 
@@ -85,163 +124,375 @@ def make_jpeg_folder(
     if os.path.exists(done):
         return root
     rng = np.random.default_rng(seed)
-    w, h = size
+    photos = _photos()
     for split, count in (("train", num_images), ("val", max(num_classes, num_images // 8))):
         for i in range(count):
-            cls = f"class_{i % num_classes}"
-            os.makedirs(os.path.join(root, split, cls), exist_ok=True)
-            coarse = rng.uniform(0, 255, (h // 25 + 1, w // 25 + 1, 3)).astype(np.uint8)
-            img = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC), np.float32)
-            img += rng.normal(0, 12, img.shape)
-            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
-                os.path.join(root, split, cls, f"{i:06d}.JPEG"), quality=quality
-            )
+            photo = photos[int(rng.integers(len(photos)))]
+            h, w = photo.shape[:2]
+            area = rng.uniform(0.25, 1.0)
+            ch, cw = max(16, int(h * math.sqrt(area))), max(16, int(w * math.sqrt(area)))
+            y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            size = ilsvrc_like_size(rng)
+            img = Image.fromarray(photo[y : y + ch, x : x + cw]).resize(size, Image.BICUBIC)
+            if rng.random() < 0.5:
+                img = img.transpose(Image.FLIP_LEFT_RIGHT)
+            d = os.path.join(root, split, f"class_{i % num_classes}")
+            os.makedirs(d, exist_ok=True)
+            img.save(os.path.join(d, f"{i:06d}.JPEG"), quality=int(rng.integers(85, 96)))
     with open(done, "w") as f:
         f.write("ok\n")
     return root
 
 
-def _time_iterator(it, warmup: int, timed: int, batch_size: int) -> dict[str, float]:
-    for _ in range(warmup):
-        next(it)
-    start = time.perf_counter()
-    for _ in range(timed):
-        next(it)
-    seconds = time.perf_counter() - start
-    ips = timed * batch_size / seconds
-    return {"seconds": seconds, "images_per_s": ips, "images_per_s_per_core": ips / common.cores()}
+def write_preresized_copy(src: str, dst: str, min_side: int, quality: int = 90) -> str:
+    """A copy of the image folder ``src`` whose images have their shorter side resized to
+    ``min_side`` (antialiased; smaller ones are copied as they are), JPEG quality ``quality``."""
+    from PIL import Image
+
+    done = os.path.join(dst, ".complete")
+    if os.path.exists(done):
+        return dst
+    for dirpath, _, files in os.walk(src):
+        for name in files:
+            if name.startswith("."):
+                continue
+            rel = os.path.relpath(os.path.join(dirpath, name), src)
+            os.makedirs(os.path.dirname(os.path.join(dst, rel)), exist_ok=True)
+            img = Image.open(os.path.join(src, rel)).convert("RGB")
+            scale = min_side / min(img.size)
+            if scale < 1:
+                img = img.resize(
+                    (round(img.width * scale), round(img.height * scale)), Image.BICUBIC
+                )
+            img.save(os.path.join(dst, rel), quality=quality)
+    with open(done, "w") as f:
+        f.write("ok\n")
+    return dst
 
 
-def _pipeline_iterator(root: str, mode: str, s: dict, args) -> Any:
+def write_tfrecords(src: str, dst: str, num_shards: int = 4) -> str:
+    """The train split of the image folder ``src`` as TFRecord shards of tf.train.Example
+    (``image/encoded``, ``label``): the storage TFDS's imagenet2012 reads."""
+    from lmsgd.data import folders
+    from lmsgd.data._tf import tf
+
+    done = os.path.join(dst, ".complete")
+    if os.path.exists(done):
+        return dst
+    os.makedirs(dst, exist_ok=True)
+    split = folders.list_split(src, "train")
+    writers = [
+        tf.io.TFRecordWriter(os.path.join(dst, f"train.tfrecord-{k:05d}"))
+        for k in range(num_shards)
+    ]
+    for i, (path, label) in enumerate(zip(split.paths, split.labels, strict=True)):
+        with open(path, "rb") as f:
+            feature = {
+                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[f.read()])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+            }
+        example = tf.train.Example(features=tf.train.Features(feature=feature))
+        writers[i % num_shards].write(example.SerializeToString())
+    for w in writers:
+        w.close()
+    with open(done, "w") as f:
+        f.write("ok\n")
+    return dst
+
+
+def describe_jpegs(root: str) -> dict[str, float]:
+    """Mean width, height and file size of the train split's images (headers only)."""
+    from PIL import Image
+
+    sizes, nbytes = [], []
+    for dirpath, _, files in os.walk(os.path.join(root, "train")):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with Image.open(path) as img:
+                sizes.append(img.size)
+            nbytes.append(os.path.getsize(path))
+    arr = np.asarray(sizes, np.float64)
+    return {
+        "mean_width": float(arr[:, 0].mean()),
+        "mean_height": float(arr[:, 1].mean()),
+        "mean_file_bytes": float(np.mean(nbytes)),
+        "num_train_images": len(sizes),
+    }
+
+
+# --- the paths --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Path:
+    """One training input path: ``build(roots, settings, args)`` returns its batch iterator.
+
+    ``roots`` holds 'folder' (the JPEGs) and whatever the path prepares ('preresized',
+    'tfrecord'); ``prepare`` (if any) writes that once, before the timed runs."""
+
+    description: str
+    build: Callable[[dict, dict, Any], Any]
+    prepare: Callable[[dict, Any], None] | None = None
+
+
+def _data_cfg(root: str, args, **overrides):
     import lmsgd.data as data
 
     cfg = data.default_data_config()
-    cfg.name = "image_folder"
-    cfg.data_dir = root
-    cfg.image_size = args.image_size
+    cfg.name, cfg.data_dir, cfg.image_size = "image_folder", root, args.image_size
     cfg.cache = False  # Measure decoding, not memory reads.
     cfg.dtype = args.dtype
-    cfg.crop = "resize_crop" if mode == "resize_crop" else "inception"
-    cfg.decode_and_crop = mode != "decode_then_crop"
-    # sharding=None: host pipeline only (what feeds the devices), one process.
-    return data.train_batches(
-        cfg,
-        global_batch_size=s["batch_size"],
-        seed=0,
-        sharding=None,
-        process_index=0,
-        process_count=1,
-    )
+    for k, v in overrides.items():
+        cfg[k] = v
+    return cfg
 
 
-def _image_folder_iterator(root: str, s: dict, args) -> Any:
-    """tfds.ImageFolder (full decode, its own unseeded shuffle) + the same crop/flip/normalize."""
-    from lmsgd.data import augment, requires
+def _pipeline(root_key: str, **overrides) -> Callable[[dict, dict, Any], Any]:
+    """The training pipeline (config.data with ``overrides``) on ``roots[root_key]``."""
+
+    def build(roots: dict, s: dict, args) -> Any:
+        import lmsgd.data as data
+
+        cfg = _data_cfg(roots[root_key], args, **overrides)
+        # sharding=None: host pipeline only (what feeds the devices), one process.
+        return data.train_batches(
+            cfg, global_batch_size=s["batch_size"], seed=0, sharding=None,
+            process_index=0, process_count=1,
+        )  # fmt: skip
+
+    return build
+
+
+def _augment(args, fused: bool, min_side: int = 0):
+    from lmsgd.data import augment
+    from lmsgd.data._tf import tf
+
+    def fn(index, image):
+        key = augment.example_seed(0, 0, index, stream=1)
+        return augment.train_preprocess(
+            image, key, size=args.image_size, crop="inception", flip=True, ratio=0.875,
+            area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3), fused=fused,
+            dtype=tf.as_dtype(args.dtype), min_side=min_side,
+        )  # fmt: skip
+
+    return fn
+
+
+def _tfds_image_folder(roots: dict, s: dict, args) -> Any:
+    """tfds.ImageFolder (full decode, its own unseeded shuffle) + the same crop and flip."""
+    from lmsgd.data import requires
     from lmsgd.data._tf import tf
 
     tfds = requires.tensorflow_datasets("tfds.ImageFolder")
-
-    builder = tfds.ImageFolder(root)
+    builder = tfds.ImageFolder(roots["folder"])
     ds = builder.as_dataset(split="train", shuffle_files=True).repeat()
+    aug = _augment(args, fused=False)
 
     def fn(i, ex):
-        key = augment.example_seed(0, 0, i, stream=1)
-        image = augment.train_preprocess(
-            ex["image"],
-            key,
-            size=args.image_size,
-            crop="inception",
-            flip=True,
-            ratio=0.875,
-            area_range=(0.08, 1.0),
-            aspect_ratio_range=(3 / 4, 4 / 3),
-            fused=False,
-            mean=augment.IMAGENET_MEAN,
-            std=augment.IMAGENET_STD,
-            dtype=tf.bfloat16 if args.dtype == "bfloat16" else tf.float32,
-        )
-        return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
+        return {"image": aug(i, ex["image"]), "label": tf.cast(ex["label"], tf.int32)}
 
     ds = ds.enumerate().map(fn, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(s["batch_size"], drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return ds.as_numpy_iterator()
 
 
-MODES = {
-    "decode_and_crop": "file list, Inception crop fused into decoding (default)",
-    "decode_then_crop": "file list, full decode, then Inception crop",
-    "resize_crop": "file list, ChainerMN resize 256 + random 224 crop",
-    "tfds_image_folder": "tfds.ImageFolder (full decode) + Inception crop",
+def _tfrecord(roots: dict, s: dict, args) -> Any:
+    """TFRecord shards read as TFDS reads imagenet2012's (interleaved files, a shuffle
+    buffer of encoded records), then the default pipeline's fused Inception crop and flip."""
+    from lmsgd.data._tf import tf
+
+    files = sorted(
+        os.path.join(roots["tfrecord"], f)
+        for f in os.listdir(roots["tfrecord"])
+        if f.startswith("train.tfrecord")
+    )
+    spec = {
+        "image/encoded": tf.io.FixedLenFeature([], tf.string),
+        "label": tf.io.FixedLenFeature([], tf.int64),
+    }
+    aug = _augment(args, fused=True)
+
+    def fn(i, record):
+        ex = tf.io.parse_single_example(record, spec)
+        return {"image": aug(i, ex["image/encoded"]), "label": tf.cast(ex["label"], tf.int32)}
+
+    ds = tf.data.Dataset.from_tensor_slices(files).repeat()
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=len(files), block_length=16)
+    ds = ds.shuffle(1024, seed=0).enumerate()
+    ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(s["batch_size"], drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return ds.as_numpy_iterator()
+
+
+def _prepare_preresized(roots: dict, args) -> None:
+    src = roots["folder"]
+    roots["preresized"] = write_preresized_copy(
+        src, os.path.join(args.cache_dir, os.path.basename(src) + f"_short{args.min_side}"),
+        args.min_side,
+    )  # fmt: skip
+
+
+def _prepare_tfrecord(roots: dict, args) -> None:
+    src = roots["folder"]
+    roots["tfrecord"] = write_tfrecords(
+        src, os.path.join(args.cache_dir, os.path.basename(src) + "_tfrecord")
+    )
+
+
+PATHS: dict[str, Path] = {
+    "decode_and_crop": Path(
+        "image folder, Inception crop fused into JPEG decoding (the default)",
+        _pipeline("folder"),
+    ),
+    "decode_then_crop": Path(
+        "image folder, full decode, then Inception crop",
+        _pipeline("folder", decode_and_crop=False),
+    ),
+    "resize_crop": Path(
+        "image folder, ChainerMN resize to 256 square + random 224 crop",
+        _pipeline("folder", crop="resize_crop"),
+    ),
+    "tfds_image_folder": Path(
+        "tfds.ImageFolder (full decode) + Inception crop", _tfds_image_folder
+    ),
+    "tfrecord": Path(
+        "the JPEGs in TFRecord shards (TFDS imagenet2012's storage), fused Inception crop",
+        _tfrecord,
+        _prepare_tfrecord,
+    ),
+    "dct_scaled": Path(
+        "image folder, JPEGs decoded at the DCT scale keeping shorter side >= min_side "
+        "(config.data.decode_min_side), fused Inception crop",
+        lambda roots, s, args: _pipeline("folder", decode_min_side=args.min_side)(roots, s, args),
+    ),
+    "preresized": Path(
+        "a prepared copy, shorter side resized to min_side, default pipeline",
+        _pipeline("preresized"),
+        _prepare_preresized,
+    ),
 }
 
 
+# --- measuring --------------------------------------------------------------------------------
+
+
+def _measure(path: str, roots: dict, s: dict, args_dict: dict) -> dict[str, Any]:
+    """Runs in a fresh process: the path's warm-up and timed batches, its peak RSS."""
+    args = argparse.Namespace(**args_dict)
+    it = PATHS[path].build(roots, s, args)
+    first = None
+    for _ in range(s["warmup_batches"]):
+        first = next(it)
+    start = time.perf_counter()
+    for _ in range(s["num_batches"]):
+        batch = next(it)
+    seconds = time.perf_counter() - start
+    batch = first if first is not None else batch
+    return {
+        "seconds": seconds,
+        "images_per_s": s["num_batches"] * s["batch_size"] / seconds,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "h2d_bytes_per_step": int(sum(np.asarray(batch[k]).nbytes for k in ("image", "label"))),
+        "image_dtype": str(np.asarray(batch["image"]).dtype),
+    }
+
+
+def _child(queue, *a) -> None:
+    try:
+        queue.put(("ok", _measure(*a)))
+    except BaseException as e:  # reported by the parent
+        queue.put(("error", f"{type(e).__name__}: {e}"))
+
+
+def measure_isolated(path: str, roots: dict, s: dict, args: argparse.Namespace) -> dict:
+    """``_measure`` in a spawned process: fresh TensorFlow, no pipeline of another path left
+    prefetching in the background, and RSS that is this path's alone."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    plain = {k: v for k, v in vars(args).items() if not k.startswith("_")}  # not the module
+    proc = ctx.Process(target=_child, args=(queue, path, roots, s, plain))
+    proc.start()
+    status, out = queue.get()
+    proc.join()
+    if status != "ok":
+        raise RuntimeError(f"bench input path {path!r} failed: {out}")
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Measure each mode; print a table; write JSON to args.results_dir; return the record."""
+    """Measure each path; print a table; write JSON to args.results_dir; return the record."""
     from lmsgd.data import requires
 
     requires.tensorflow("image-folder")  # before any image is generated
     s = _settings(args)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = [m for m in modes if m not in MODES]
+    modes = [m.strip() for m in (args.modes or ",".join(PATHS)).split(",") if m.strip()]
+    unknown = [m for m in modes if m not in PATHS]
     if unknown:
-        raise ValueError(f"--modes has unknown {unknown}; allowed: {', '.join(MODES)}")
+        raise ValueError(f"--modes has unknown {unknown}; allowed: {', '.join(PATHS)}")
     if args.data_dir:
         root, source = args.data_dir, "user image folder"
     else:
-        sub = f"jpeg_{s['num_images']}_500x375_q90"
-        root = make_jpeg_folder(os.path.join(args.cache_dir, sub), s["num_images"])
-        source = "generated 500x375 JPEG, quality 90"
-    import lmsgd.data as data
-
-    cfg = data.default_data_config()
-    cfg.name, cfg.data_dir = "image_folder", root
-    info = data.get_dataset_info(cfg)
-    if s["batch_size"] > info.num_train_examples:
+        root = make_jpeg_folder(
+            os.path.join(args.cache_dir, f"ilsvrc_like_v1_{s['num_images']}"), s["num_images"]
+        )
+        source = "ImageNet-like JPEGs (scikit-image photographs, ILSVRC sizes, quality 85-95)"
+    stats = describe_jpegs(root)
+    if s["batch_size"] > stats["num_train_images"]:
         raise ValueError(
-            f"--batch_size={s['batch_size']} exceeds the {info.num_train_examples} training "
+            f"--batch_size={s['batch_size']} exceeds the {stats['num_train_images']} training "
             f"images in {root}"
         )
+    roots = {"folder": root}
+    for m in modes:
+        if PATHS[m].prepare:
+            PATHS[m].prepare(roots, args)
 
-    def measure(mode: str) -> dict[str, float]:
-        # A fresh pipeline per measurement: a pipeline left alive would keep filling its
-        # prefetch buffer in the background and flatter its next measurement.
-        if mode == "tfds_image_folder":
-            it = _image_folder_iterator(root, s, args)
-        else:
-            it = _pipeline_iterator(root, mode, s, args)
-        return _time_iterator(it, s["warmup_batches"], s["num_batches"], s["batch_size"])
-
-    # Untimed pass first: kernel loading and thread-pool start-up would otherwise be charged
-    # to whichever mode runs first. Then rounds in alternating order, median per mode.
-    measure(modes[0])
-    runs: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+    # Rounds in alternating order, each measurement in its own process; median per path.
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     for r in range(s["repeats"]):
         for mode in modes if r % 2 == 0 else modes[::-1]:
-            runs[mode].append(measure(mode))
+            runs[mode].append(measure_isolated(mode, roots, s, args))
+    n_cores = common.cores()
     results = {}
     for mode in modes:
         ips = sorted(x["images_per_s"] for x in runs[mode])
         median = float(np.median(ips))
         results[mode] = {
-            "description": MODES[mode],
+            "description": PATHS[mode].description,
             "images_per_s": median,
-            "images_per_s_per_core": median / common.cores(),
+            "images_per_s_per_core": median / n_cores,
             "images_per_s_runs": ips,
+            "peak_rss_bytes": max(x["peak_rss_bytes"] for x in runs[mode]),
+            "h2d_bytes_per_step": runs[mode][0]["h2d_bytes_per_step"],
+            "image_dtype": runs[mode][0]["image_dtype"],
         }
-
+    if REFERENCE in results:
+        for r in results.values():
+            r["ratio_to_reference"] = r["images_per_s"] / results[REFERENCE]["images_per_s"]
+    image_bytes = args.image_size**2 * 3
     record = {
         "suite": "input",
         "time_utc": datetime.datetime.now(datetime.UTC).isoformat(),
         "hardware": common.hardware(),
-        "versions": common.versions(("tensorflow", "tensorflow-datasets")),
+        "versions": common.versions(("tensorflow", "tensorflow-datasets", "scikit-image")),
         "config": {
             **s,
             "image_size": args.image_size,
             "dtype": args.dtype,
+            "min_side": args.min_side,
             "data_dir": root,
             "data": source,
-            "num_train_images": info.num_train_examples,
+            **stats,
             "modes": modes,
+            "reference": REFERENCE,
+        },
+        # What one step sends to the devices per host: images in the wire dtype + int32 labels.
+        "h2d": {
+            "dtype": args.dtype,
+            "bytes_per_image": image_bytes * np.dtype(_np_dtype(args.dtype)).itemsize,
+            "bytes_per_image_float32": image_bytes * 4,
+            "bytes_per_step": s["batch_size"]
+            * (image_bytes * np.dtype(_np_dtype(args.dtype)).itemsize + 4),
         },
         "results": results,
     }
@@ -260,19 +511,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return record
 
 
+def _np_dtype(name: str):
+    import ml_dtypes
+
+    return ml_dtypes.bfloat16 if name == "bfloat16" else np.dtype(name)
+
+
 def _print_table(record: dict[str, Any]) -> None:
     c = record["config"]
     print(
-        f"input pipeline, {c['data']} ({c['num_train_images']} train images), "
-        f"{c['image_size']}px {c['dtype']}, batch {c['batch_size']}, "
-        f"{c['num_batches']} timed batches, {record['hardware']['cores_available']} cores"
+        f"input pipeline, {c['data']}: {c['num_train_images']} train images, mean "
+        f"{c['mean_width']:.0f}x{c['mean_height']:.0f}, {c['mean_file_bytes'] / 1e3:.0f} KB; "
+        f"{c['image_size']}px {c['dtype']}, batch {c['batch_size']}, {c['num_batches']} timed "
+        f"batches, {c['repeats']} rounds, {record['hardware']['cores_available']} cores"
     )
-    header = f"{'mode':<20} {'images/s':>10} {'img/s/core':>11}  description"
+    header = (
+        f"{'path':<18} {'images/s':>9} {'img/s/core':>10} {'ratio':>6} {'peak RSS':>9} "
+        f"{'H2D/step':>9}  description"
+    )
     print(header)
     print("-" * len(header))
     for mode, r in record["results"].items():
         ips, per = r["images_per_s"], r["images_per_s_per_core"]
         assert math.isfinite(ips)
-        print(f"{mode:<20} {ips:>10.1f} {per:>11.1f}  {r['description']}")
-    if "speedup_decode_and_crop" in record:
-        print(f"decode_and_crop / decode_then_crop: {record['speedup_decode_and_crop']:.2f}x")
+        ratio = r.get("ratio_to_reference", float("nan"))
+        print(
+            f"{mode:<18} {ips:>9.1f} {per:>10.1f} {ratio:>5.2f}x "
+            f"{r['peak_rss_bytes'] / 2**30:>7.2f}Gi {r['h2d_bytes_per_step'] / 1e6:>7.2f}MB"
+            f"  {r['description']}"
+        )
+    h = record["h2d"]
+    print(
+        f"host-to-device per step: {h['bytes_per_step'] / 1e6:.2f} MB ({h['dtype']} images, "
+        f"{h['bytes_per_image'] / h['bytes_per_image_float32']:.2f}x float32's)"
+    )

@@ -29,17 +29,54 @@ def example_seed(seed: tf.Tensor, epoch: tf.Tensor, index: tf.Tensor, stream: in
     return tf.random.experimental.stateless_fold_in(key, tf.cast(index, tf.int64))
 
 
-def _decode_window(
-    image: tf.Tensor, window_fn: Callable[[tf.Tensor], Window], fused: bool
+# The reduced sizes libjpeg decodes at (DCT scaling): 1/1, 1/2, 1/4, 1/8.
+DCT_SCALES = (1, 2, 4, 8)
+
+
+def _scaled_decode(
+    image: tf.Tensor, shape: tf.Tensor, window: Window, min_side: int, fused: bool
 ) -> tf.Tensor:
-    """Crop ``window_fn(shape)`` out of ``image`` (encoded string or decoded uint8 array)."""
+    """The window of a JPEG decoded at the smallest DCT scale 1/N (N in DCT_SCALES) whose
+    shorter side is still >= ``min_side`` (N = 1 when none is): the window covers the same
+    part of the image, in the scaled image's pixels (ceil(H / N) x ceil(W / N))."""
+    oy, ox, h, w = window
+    short = tf.minimum(shape[0], shape[1])
+    # ceil(short / N) falls with N: the count of N > 1 that keep min_side picks the largest.
+    branch = tf.add_n([tf.cast((short + n - 1) // n >= min_side, tf.int32) for n in DCT_SCALES[1:]])
+
+    def decode(n: int) -> Callable[[], tf.Tensor]:
+        def fn() -> tf.Tensor:
+            hs, ws = (shape[0] + n - 1) // n, (shape[1] + n - 1) // n
+            y0, x0 = oy // n, ox // n
+            y1 = tf.minimum((oy + h + n - 1) // n, hs)
+            x1 = tf.minimum((ox + w + n - 1) // n, ws)
+            hh, ww = tf.maximum(y1 - y0, 1), tf.maximum(x1 - x0, 1)
+            if fused:
+                crop = tf.stack([y0, x0, hh, ww])
+                return tf.io.decode_and_crop_jpeg(image, crop, channels=3, ratio=n)
+            full = tf.io.decode_jpeg(image, channels=3, ratio=n)
+            return full[y0 : y0 + hh, x0 : x0 + ww, :]
+
+        return fn
+
+    return tf.switch_case(branch, [decode(n) for n in DCT_SCALES])
+
+
+def _decode_window(
+    image: tf.Tensor, window_fn: Callable[[tf.Tensor], Window], fused: bool, min_side: int = 0
+) -> tf.Tensor:
+    """Crop ``window_fn(shape)`` out of ``image`` (encoded string or decoded uint8 array);
+    ``min_side`` > 0 decodes JPEGs at a reduced DCT scale (:func:`_scaled_decode`)."""
     if image.dtype != tf.string:  # Already decoded.
         oy, ox, h, w = window_fn(tf.shape(image))
         return image[oy : oy + h, ox : ox + w, :]
 
     def jpeg() -> tf.Tensor:
         # The JPEG header gives the size without decoding the pixels.
-        oy, ox, h, w = window_fn(tf.io.extract_jpeg_shape(image))
+        shape = tf.io.extract_jpeg_shape(image)
+        oy, ox, h, w = window_fn(shape)
+        if min_side:
+            return _scaled_decode(image, shape, (oy, ox, h, w), min_side, fused)
         if fused:
             return tf.io.decode_and_crop_jpeg(image, tf.stack([oy, ox, h, w]), channels=3)
         full = tf.io.decode_jpeg(image, channels=3)
@@ -72,11 +109,14 @@ def inception_crop(
     area_range: Sequence[float] = (0.08, 1.0),
     aspect_ratio_range: Sequence[float] = (3 / 4, 4 / 3),
     fused: bool = True,
+    min_side: int = 0,
 ) -> tf.Tensor:
     """Inception random-resized crop: random area/aspect window, resized to [size, size, 3].
 
-    With ``fused`` and a JPEG input only the window is decoded (decode_and_crop_jpeg).
-    Returns float32 in 0..255.
+    With ``fused`` and a JPEG input only the window is decoded (decode_and_crop_jpeg). With
+    ``min_side`` > 0 a JPEG is decoded at the smallest DCT scale 1/N (N = 1, 2, 4, 8) whose
+    shorter side stays >= min_side: the same window (drawn on the full image), fewer pixels
+    decoded, then resized to ``size``. Returns float32 in 0..255.
     """
 
     def window(shape: tf.Tensor) -> Window:
@@ -93,7 +133,7 @@ def inception_crop(
         )
         return begin[0], begin[1], extent[0], extent[1]
 
-    crop = _decode_window(image, window, fused)
+    crop = _decode_window(image, window, fused, min_side)
     return tf.image.resize(crop, [size, size], method="bilinear")
 
 
@@ -152,8 +192,10 @@ def train_preprocess(
     aspect_ratio_range: Sequence[float],
     fused: bool,
     dtype: tf.DType,
+    min_side: int = 0,
 ) -> tf.Tensor:
-    """One training example: crop ('inception' | 'resize_crop'), flip, in ``dtype``."""
+    """One training example: crop ('inception' | 'resize_crop'), flip, in ``dtype``;
+    ``min_side``: see :func:`inception_crop`."""
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     if crop == "inception":
         out = inception_crop(
@@ -163,6 +205,7 @@ def train_preprocess(
             area_range=area_range,
             aspect_ratio_range=aspect_ratio_range,
             fused=fused,
+            min_side=min_side,
         )
     elif crop == "resize_crop":
         out = resize_random_crop(image, crop_seed, size, ratio)

@@ -159,6 +159,16 @@ _KEYS: dict[str, _Key] = {
         lambda x: isinstance(x, bool),
         "True | False",
     ),
+    "decode_min_side": _Key(
+        0,
+        "inception crop of JPEGs in training: 0 decodes at full resolution. N > 0 decodes each "
+        "JPEG at the smallest DCT scale (1/2, 1/4 or 1/8, libjpeg's scaled decoding) whose "
+        "shorter side stays >= N pixels, as from a copy pre-resized to that shorter side: the "
+        "same crop window, fewer pixels decoded, then resized to image_size (a crop smaller "
+        "than image_size after scaling is upsampled: less detail). Evaluation decodes fully.",
+        lambda x: _is_int(x) and x >= 0,
+        "0 (full resolution) or an int >= 1",
+    ),
     "random_flip": _Key(
         "auto",
         "Random horizontal flip in training. 'auto': on, except for digits (not mirror symmetric).",

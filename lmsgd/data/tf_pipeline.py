@@ -51,6 +51,7 @@ def _train_fn(cfg, src: sources.Source, seed: int) -> Callable[[tf.Tensor, tf.Te
         aspect_ratio_range=tuple(cfg.crop_aspect_ratio_range),
         fused=cfg.decode_and_crop,
         dtype=_tf_dtype(cfg),
+        min_side=cfg.decode_min_side,
     )
     return lambda image, key: augment.train_preprocess(image, key, **kwargs)
 

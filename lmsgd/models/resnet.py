@@ -35,8 +35,7 @@ def normalize_input(
         return x
     if std is None or len(mean) != x.shape[-1] or len(std) != x.shape[-1]:
         raise ValueError(
-            f"input_mean={mean}, input_std={std}: need one value each per channel "
-            f"({x.shape[-1]})"
+            f"input_mean={mean}, input_std={std}: need one value each per channel ({x.shape[-1]})"
         )
     mean_c = jnp.asarray(mean, jnp.float32)
     std_c = jnp.asarray(std, jnp.float32)
