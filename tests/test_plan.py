@@ -61,7 +61,7 @@ def driver_memory(cfg):
     run = build(cfg)
     state, step = run.init_state(), run.train_step()
     batch = synthetic.make_batch(
-        dataset_info(cfg.data), cfg.global_batch_size, 0, "float32", batch_sharding(run.mesh)
+        dataset_info(cfg.data), cfg.global_batch_size, 0, cfg.data.dtype, batch_sharding(run.mesh)
     )
     return step.lower(state, batch).compile().memory_analysis()
 

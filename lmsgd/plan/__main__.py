@@ -1,5 +1,5 @@
 """python -m lmsgd.plan --config CONFIG [--config.key=value ...] --target TARGET
-[--json FILE] [--dump_hlo DIR] [--measure N] [--max_batch]"""
+[--json FILE] [--dump_hlo DIR] [--measure N] [--max_batch] [--input_rates FILE]"""
 
 from __future__ import annotations
 
@@ -22,6 +22,11 @@ def _define_flags() -> None:
     flags.DEFINE_string("dump_hlo", None, "Write the compiled program into this directory.")
     flags.DEFINE_integer("measure", 0, "cpu:N targets: also run this many steps here.")
     flags.DEFINE_bool("max_batch", False, "Bisect (on compiles) for the largest batch that fits.")
+    flags.DEFINE_string(
+        "input_rates", None,
+        "A `python -m lmsgd.bench input` results JSON: its images/s per CPU give the host CPUs "
+        "each input path needs (default: the committed lmsgd/plan/input_rates.json).",
+    )  # fmt: skip
     flags.mark_flags_as_required(["config", "target"])  # fmt: skip
 
 
@@ -62,7 +67,7 @@ def main(argv) -> None:
         validate_config(f.config)
         result = plan(
             f.config, f.target, max_batch=f.max_batch, measure_steps=f.measure,
-            dump_hlo=f.dump_hlo,
+            dump_hlo=f.dump_hlo, input_rates=f.input_rates,
         )  # fmt: skip
     except (PlanError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

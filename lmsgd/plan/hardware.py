@@ -34,6 +34,9 @@ class Hardware:
         TPU DCN); 0 when the target never leaves the fast fabric.
       devices_per_node: GPUs per server (default of `gpu:` targets), TPU chips per host.
       sources: where each figure comes from, by field name.
+      host_cpus: logical CPUs (hardware threads, vCPUs) of the host that serves
+        `devices_per_node` devices, which decode and augment its images; 0 = not known.
+      host_description: that host's CPUs spelled out.
     """
 
     name: str
@@ -46,6 +49,8 @@ class Hardware:
     inter_bandwidth: float
     devices_per_node: int
     sources: dict[str, str]
+    host_cpus: int = 0
+    host_description: str = ""
 
     def peak_for(self, compute_dtype: str) -> tuple[float, str]:
         """(peak FLOP/s per device, the rate's name) for a model's compute dtype."""
@@ -72,7 +77,9 @@ HARDWARE: dict[str, Hardware] = {
         {"float32": 10.6 * TFLOPS, "float16": 21.2 * TFLOPS},
         16 * GB, 732 * GB, 80 * GB, 50 * GB, 8,
         {"peak_flops": _NV_P100, "hbm": _NV_P100 + ": 16 GB HBM2, 732 GB/s",
-         "intra_bandwidth": _NV_P100 + ": NVLink 160 GB/s bidirectional", "inter_bandwidth": _DGX1},
+         "intra_bandwidth": _NV_P100 + ": NVLink 160 GB/s bidirectional", "inter_bandwidth": _DGX1,
+         "host_cpus": "NVIDIA DGX-1 datasheet: 2 x Intel Xeon E5-2698 v4 (20 cores each)"},
+        host_cpus=80, host_description="DGX-1: 2 x 20-core Xeon E5-2698 v4, 2 threads per core",
     ),
     "p100-pcie": Hardware(
         "p100-pcie", "NVIDIA Tesla P100 PCIe 16 GB (the paper's MN-1 cluster)", "gpu",
@@ -81,7 +88,10 @@ HARDWARE: dict[str, Hardware] = {
         {"peak_flops": _NV_P100, "hbm": _NV_P100 + ": 16 GB HBM2, 732 GB/s",
          "intra_bandwidth": "PCI Express 3.0 x16: 32 GB/s bidirectional (16 per direction)",
          "inter_bandwidth": "Akiba et al. 2017 (MN-1): two FDR InfiniBand links per node, "
-                            "2 x 56 Gbit/s = 14 GB/s"},
+                            "2 x 56 Gbit/s = 14 GB/s",
+         "host_cpus": "Akiba et al. 2017, section 4: two Intel Xeon E5-2667 (8 cores each) per "
+                      "MN-1 node"},
+        host_cpus=32, host_description="MN-1 node: 2 x 8-core Xeon E5-2667 v4, 2 threads per core",
     ),
     "p100-bigbasin": Hardware(
         "p100-bigbasin", "NVIDIA Tesla P100 SXM2 16 GB in Facebook Big Basin servers", "gpu",
@@ -99,7 +109,9 @@ HARDWARE: dict[str, Hardware] = {
         {"peak_flops": _NV_V100 + ": FP32 15.7, Tensor 125 TFLOPS",
          "hbm": _NV_V100 + ": 32 GB HBM2, 900 GB/s",
          "intra_bandwidth": _NV_V100 + ": NVLink 300 GB/s (bidirectional)",
-         "inter_bandwidth": _DGX1},
+         "inter_bandwidth": _DGX1,
+         "host_cpus": "NVIDIA DGX-1 (V100) datasheet: 2 x Intel Xeon E5-2698 v4 (20 cores each)"},
+        host_cpus=80, host_description="DGX-1: 2 x 20-core Xeon E5-2698 v4, 2 threads per core",
     ),
     "a100": Hardware(
         "a100", "NVIDIA A100 SXM4 80 GB, DGX A100 node", "gpu",
@@ -109,7 +121,9 @@ HARDWARE: dict[str, Hardware] = {
         {"peak_flops": _NV_A100 + ": FP32 19.5, TF32 156, BF16/FP16 312 TFLOPS (dense)",
          "hbm": _NV_A100 + ": 80 GB HBM2e, 2,039 GB/s",
          "intra_bandwidth": _NV_A100 + ": NVLink 600 GB/s (bidirectional)",
-         "inter_bandwidth": "NVIDIA DGX A100 datasheet: 8 x 200 Gb/s HDR InfiniBand per node"},
+         "inter_bandwidth": "NVIDIA DGX A100 datasheet: 8 x 200 Gb/s HDR InfiniBand per node",
+         "host_cpus": "NVIDIA DGX A100 datasheet: dual AMD Rome 7742, 128 cores total"},
+        host_cpus=256, host_description="DGX A100: 2 x 64-core AMD EPYC 7742, 2 threads per core",
     ),
     "h100": Hardware(
         "h100", "NVIDIA H100 SXM5 80 GB, DGX H100 node", "gpu",
@@ -120,7 +134,10 @@ HARDWARE: dict[str, Hardware] = {
                                   "half that dense",
          "hbm": _NV_H100 + ": 80 GB HBM3, 3.35 TB/s",
          "intra_bandwidth": _NV_H100 + ": NVLink 900 GB/s (bidirectional)",
-         "inter_bandwidth": "NVIDIA DGX H100 datasheet: 8 x 400 Gb/s NDR InfiniBand per node"},
+         "inter_bandwidth": "NVIDIA DGX H100 datasheet: 8 x 400 Gb/s NDR InfiniBand per node",
+         "host_cpus": "NVIDIA DGX H100 datasheet: dual Intel Xeon Platinum 8480C, 112 cores total"},
+        host_cpus=224,
+        host_description="DGX H100: 2 x 56-core Xeon Platinum 8480C, 2 threads per core",
     ),
     "h100-pcie": Hardware(
         "h100-pcie", "NVIDIA H100 PCIe 80 GB, 8 per server over PCIe Gen5", "gpu",
@@ -142,7 +159,10 @@ HARDWARE: dict[str, Hardware] = {
                        "/ BF16 1,979 TFLOPS with sparsity, half that dense",
          "hbm": "NVIDIA H200 datasheet: 141 GB HBM3e, 4.8 TB/s",
          "intra_bandwidth": "NVIDIA H200 datasheet: NVLink 900 GB/s (bidirectional)",
-         "inter_bandwidth": "NVIDIA DGX H200 datasheet: 8 x 400 Gb/s InfiniBand per node"},
+         "inter_bandwidth": "NVIDIA DGX H200 datasheet: 8 x 400 Gb/s InfiniBand per node",
+         "host_cpus": "NVIDIA DGX H200 datasheet: dual Intel Xeon Platinum 8480C, 112 cores total"},
+        host_cpus=224,
+        host_description="DGX H200: 2 x 56-core Xeon Platinum 8480C, 2 threads per core",
     ),
     "b200": Hardware(
         "b200", "NVIDIA B200 180 GB, DGX B200 node", "gpu",
@@ -155,7 +175,10 @@ HARDWARE: dict[str, Hardware] = {
                 "bandwidth 7.67 TB/s as in XLA's b200 target spec",
          "intra_bandwidth": "NVIDIA DGX B200 datasheet: NVLink 5, 1.8 TB/s per GPU "
                             "(bidirectional)",
-         "inter_bandwidth": "NVIDIA DGX B200 datasheet: 8 x 400 Gb/s ConnectX-7 per node"},
+         "inter_bandwidth": "NVIDIA DGX B200 datasheet: 8 x 400 Gb/s ConnectX-7 per node",
+         "host_cpus": "NVIDIA DGX B200 datasheet: dual Intel Xeon Platinum 8570, 112 cores total"},
+        host_cpus=224,
+        host_description="DGX B200: 2 x 56-core Xeon Platinum 8570, 2 threads per core",
     ),
     "v3": Hardware(
         "v3", "Google TPU v3 chip (2 TensorCores)", "tpu",
@@ -164,7 +187,9 @@ HARDWARE: dict[str, Hardware] = {
         {"peak_flops": _GTPU.format(v="v3") + ": 123 TFLOPS per chip",
          "hbm": _GTPU.format(v="v3") + ": 32 GiB, 900 GB/s per chip",
          "intra_bandwidth": "ASSUMPTION (no vendor per-chip figure found): 328 GB/s, about "
-                            "v4's per-chip all-reduce bandwidth x 1.2"},
+                            "v4's per-chip all-reduce bandwidth x 1.2",
+         "host_cpus": "Google Cloud TPU documentation, 'TPU v3': a v3-8 host has 96 vCPUs"},
+        host_cpus=96, host_description="TPU v3 host VM: 96 vCPUs per 4 chips",
     ),
     "v4": Hardware(
         "v4", "Google TPU v4 chip (2 TensorCores, megacore)", "tpu",
@@ -173,7 +198,9 @@ HARDWARE: dict[str, Hardware] = {
         {"peak_flops": _GTPU.format(v="v4") + ": 275 TFLOPS (bf16) per chip",
          "hbm": _GTPU.format(v="v4") + ": 32 GiB, 1,200 GBps",
          "intra_bandwidth": _GTPU.format(v="v4") + ": all-reduce bandwidth per pod 1.1 PB/s / "
-                                                   "4,096 chips"},
+                                                   "4,096 chips",
+         "host_cpus": "Google Cloud TPU documentation, 'TPU v4': 240 vCPUs per host (4 chips)"},
+        host_cpus=240, host_description="TPU v4 host VM: 240 vCPUs per 4 chips",
     ),
     "v5e": Hardware(
         "v5e", "Google TPU v5e chip (1 TensorCore)", "tpu",
@@ -182,7 +209,10 @@ HARDWARE: dict[str, Hardware] = {
         {"peak_flops": _GTPU.format(v="v5e") + ": 197 TFLOPS (bf16) per chip",
          "hbm": _GTPU.format(v="v5e") + ": 16 GB, 819 GBps",
          "intra_bandwidth": _GTPU.format(v="v5e") + ": bidirectional ICI 400 GBps per chip "
-                                                    "(all-reduce per pod 51.2 TB/s / 256 chips)"},
+                                                    "(all-reduce per pod 51.2 TB/s / 256 chips)",
+         "host_cpus": "Google Cloud TPU documentation, 'TPU v5e': ct5lp-hightpu-8t, 224 vCPUs for "
+                      "8 chips"},
+        host_cpus=224, host_description="TPU v5e host VM (ct5lp-hightpu-8t): 224 vCPUs per 8 chips",
     ),
     "v5p": Hardware(
         "v5p", "Google TPU v5p chip (2 TensorCores, megacore)", "tpu",
@@ -190,7 +220,9 @@ HARDWARE: dict[str, Hardware] = {
         95 * GiB, 2765 * GB, 600 * GB, 0.0, 4,
         {"peak_flops": _GTPU.format(v="v5p") + ": 459 TFLOPS (bf16) per chip",
          "hbm": _GTPU.format(v="v5p") + ": 95 GiB, 2,765 GBps",
-         "intra_bandwidth": _GTPU.format(v="v5p") + ": bidirectional ICI 1,200 GBps per chip"},
+         "intra_bandwidth": _GTPU.format(v="v5p") + ": bidirectional ICI 1,200 GBps per chip",
+         "host_cpus": "Google Cloud TPU documentation, 'TPU v5p': 208 vCPUs per host (4 chips)"},
+        host_cpus=208, host_description="TPU v5p host VM: 208 vCPUs per 4 chips",
     ),
 }  # fmt: skip
 

@@ -17,6 +17,7 @@ from lmsgd.parallel.collectives import Collective, describe_collectives, summari
 from lmsgd.plan import compile as compile_lib
 from lmsgd.plan import estimate as estimate_lib
 from lmsgd.plan import gpu as gpu_lib
+from lmsgd.plan import input_feed
 from lmsgd.plan import schedule as schedule_lib
 from lmsgd.plan import targets as targets_lib
 from lmsgd.plan.hardware import HARDWARE, Hardware, cpu_hardware
@@ -65,6 +66,8 @@ class Plan:
         `compute_after_start`, and `timeline_overlap` (the estimate's hidden share).
       xla_flags: compiler options the step was compiled with (GPU: lmsgd's recommended
         flags, less those set in XLA_FLAGS).
+      input_feed: host CPUs needed per host to feed the estimated step, per input path
+        (`lmsgd.plan.input_feed.feed`), with the rates' source and the host's CPU count.
     """
 
     target: str
@@ -98,6 +101,7 @@ class Plan:
     kernels: dict[str, int] = dataclasses.field(default_factory=dict)
     overlap: dict[str, Any] = dataclasses.field(default_factory=dict)
     xla_flags: dict[str, str] = dataclasses.field(default_factory=dict)
+    input_feed: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -272,7 +276,8 @@ def _measure(setup: compile_lib.StepSetup, steps: int) -> float:
     rng = np.random.default_rng(0)
     batch = {
         "image": jax.device_put(
-            rng.standard_normal(setup.batch["image"].shape).astype(setup.batch["image"].dtype),
+            # Pixels 0..255 in the wire dtype, as the pipelines send them.
+            rng.integers(0, 256, setup.batch["image"].shape).astype(setup.batch["image"].dtype),
             setup.batch["image"].sharding,
         ),
         "label": jax.device_put(
@@ -297,6 +302,7 @@ def plan(
     measure_steps: int = 0,
     dump_hlo: str | None = None,
     assumptions: estimate_lib.Assumptions | None = None,
+    input_rates: str | None = None,
 ) -> Plan:
     """Compiles `config`'s train step for `target` and estimates its memory and time.
 
@@ -307,6 +313,8 @@ def plan(
       measure_steps: with a cpu target, also run this many steps here and time them.
       dump_hlo: directory to write the compiled program into.
       assumptions: efficiency factors; default `estimate.ASSUMPTIONS[hardware]`.
+      input_rates: a `bench input` results JSON with the input paths' images/s per CPU
+        (default: the committed one, `lmsgd/plan/input_rates.json`).
     Raises:
       PlanError: a user error (unknown target, batch not divisible, libtpu missing).
     """
@@ -393,6 +401,16 @@ def plan(
         schedule=sched if setup.cost_factor == 1 else None,  # a rolled loop hides its order
     )
     fits = compiled.peak_bytes <= hw.hbm_bytes
+    table_hw = HARDWARE.get(parsed.hardware, hw).as_dict()  # the host's CPUs: per chip, not core
+    feed = input_feed.feed(
+        est.images_per_s,
+        parsed.num_nodes if parsed.kind != "cpu" else 1,
+        input_feed.host_cpus(parsed.kind, table_hw, parsed.devices_per_node),
+        input_feed.load_rates(input_rates),
+    )
+    feed["host_description"] = (
+        "this machine" if parsed.kind == "cpu" else table_hw.get("host_description") or None
+    )
     best = None
     if max_batch:
         best = _max_batch(
@@ -458,6 +476,7 @@ def plan(
         kernels=gpu_lib.kernel_counts(compiled.hlo) if on_gpu else {},
         overlap=_overlap_summary(sched, grad_dtypes, est) if sched else {},
         xla_flags={k: str(v).lower() for k, v in options.items()},
+        input_feed=feed,
     )
 
 

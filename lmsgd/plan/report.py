@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lmsgd.plan import input_feed
 from lmsgd.plan.planner import Plan
 
 GiB = 2**30
@@ -119,6 +120,8 @@ def format_plan(p: Plan) -> str:
             f"  measured here: step {_t(p.measured_step_s)} vs estimate {_t(e.step_s)} "
             f"(estimate / measured = {e.step_s / p.measured_step_s:.2f})"
         )
+    if p.input_feed:
+        lines += input_feed.format_feed(p.input_feed, p.input_feed.get("host_description"))
     lines.append(f"  compile time {p.compile_s:.1f} s")
     lines += [f"note: {n}" for n in p.notes]
     return "\n".join(lines)
