@@ -118,6 +118,40 @@ FIGURES += [
 ]
 
 
+INPUT = "lmsgd/plan/input_rates.json"  # python -m lmsgd.bench input (the planner reads it)
+INPUT_PATHS = ("decode_and_crop", "decode_then_crop", "resize_crop", "tfds_image_folder",
+               "tfrecord", "dct_scaled", "preresized", "cached", "preresized_cached")  # fmt: skip
+
+
+def _input(path: str, key: str, fmt: Callable[[float], str]) -> Callable[[dict], str]:
+    return lambda d: fmt(d["results"][path][key])
+
+
+FIGURES += [
+    Figure(
+        f"bench input {path} {what}",
+        INPUT,
+        _input(path, key, fmt),
+        {"docs/performance.md": rf"\| `{path}` \|" + r"[^|\n]*\|" * column + rf" {NUMBER}"},
+    )
+    for path in INPUT_PATHS
+    for column, (what, key, fmt) in enumerate(
+        [
+            ("images/s per core", "images_per_s_per_core", lambda x: f"{x:.1f}"),
+            ("ratio to decode_and_crop", "ratio_to_reference", lambda x: f"{x:.2f}"),
+            ("peak RSS (GiB)", "peak_rss_bytes", lambda x: f"{x / 2**30:.2f}"),
+        ]
+    )
+] + [
+    Figure(
+        "bench input host-to-device MB per step",
+        INPUT,
+        lambda d: f"{d['h2d']['bytes_per_step'] / 1e6:.2f}",
+        {"docs/performance.md": rf"sends {NUMBER} MB of uint8 images and labels per step"},
+    ),
+]
+
+
 def _pages() -> dict[str, str]:
     return {
         name: (REPO / name).read_text() for name in {page for f in FIGURES for page in f.quotes}

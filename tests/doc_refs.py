@@ -108,7 +108,16 @@ FLAGS = {
     "lmsgd.train": _COMMON,
     "lmsgd.evaluate": _COMMON | {"step"},
     "lmsgd.layout": {"config", "devices", "processes", "help"},
-    "lmsgd.plan": {"config", "target", "json", "dump_hlo", "measure", "max_batch", "help"},
+    "lmsgd.plan": {
+        "config",
+        "target",
+        "json",
+        "dump_hlo",
+        "measure",
+        "max_batch",
+        "input_rates",
+        "help",
+    },
 }
 
 

@@ -48,6 +48,12 @@ def test_input_suite_two_paths(tmp_path, capsys):
             assert math.isfinite(r[key]) and r[key] > 0
         assert 100e6 < r["peak_rss_bytes"] < 64e9
         assert r["image_dtype"] == "uint8"
+        # Per core = images per CPU-second of the path's process: a process cannot use more
+        # CPU-seconds than its CPUs times the wall time.
+        assert len(r["images_per_cpu_s_runs"]) == 1
+        cores = saved["hardware"]["cores_available"]
+        assert r["images_per_s_per_core"] >= 0.99 * r["images_per_s_per_available_core"]
+        assert r["images_per_s_per_available_core"] == pytest.approx(r["images_per_s"] / cores)
         # What one step sends: 8 uint8 images of 32x32x3 and 8 int32 labels.
         assert r["h2d_bytes_per_step"] == 8 * (32 * 32 * 3 + 4) == saved["h2d"]["bytes_per_step"]
     assert saved["results"]["decode_and_crop"]["ratio_to_reference"] == 1.0
