@@ -285,20 +285,26 @@ def _layout(script: pathlib.Path, *args: str, **env: str) -> re.Match:
     return match
 
 
-# (launcher, expected devices, processes, mesh) on the hardware each names by default:
-# 16 nodes x 8 GPUs; a v4-256 slice = 128 chips on 32 hosts of 4.
-DEFAULT_HARDWARE = [(SLURM, 128, 16, "16x8"), (TPU, 128, 32, "32x4")]
+# (launcher and its arguments, expected devices, processes, mesh) on the hardware each names
+# by default: 16 nodes x 8 GPUs; a v4-256 slice = 128 chips on 32 hosts of 4; the Kubernetes
+# templates' 16 GPU pods of 8 and 32 TPU pods of 4 chips.
+DEFAULT_HARDWARE = [
+    ((SLURM,), 128, 16, "16x8"),
+    ((TPU,), 128, 32, "32x4"),
+    ((RENDER, "gpu"), 128, 16, "16x8"),
+    ((RENDER, "tpu"), 128, 32, "32x4"),
+]
 
 
-@pytest.mark.parametrize(("script", "devices", "processes", "mesh"), DEFAULT_HARDWARE,
-                         ids=["slurm", "tpu"])  # fmt: skip
-def test_dry_run_keeps_the_papers_bn_span_and_an_accurate_wire(script, devices, processes, mesh):
+@pytest.mark.parametrize(("launcher", "devices", "processes", "mesh"), DEFAULT_HARDWARE,
+                         ids=["slurm", "tpu", "k8s-gpu", "k8s-tpu"])  # fmt: skip
+def test_dry_run_keeps_the_papers_bn_span_and_an_accurate_wire(launcher, devices, processes, mesh):
     """256 images per device, normalized over 32 (the paper's span), float16 over two levels:
     the algorithm tests/test_allreduce_scale.py bounds within 1% of the float64 mean at 1,024
     devices (test_auto_choices_are_within_1_percent_at_1024 there covers this choice)."""
     from lmsgd.layout import TWO_LEVEL
 
-    got = _layout(script, WORKDIR="gs://b/w")
+    got = _layout(*launcher, WORKDIR="gs://b/w")
     assert (int(got["devices"]), int(got["processes"])) == (devices, processes)
     assert int(got["per_device"]) == 32768 // devices == 256
     assert int(got["bn"]) == 32
@@ -316,6 +322,14 @@ def test_dry_run_follows_overrides_and_refuses_what_cannot_hold_the_recipe():
                  env=_env(PYTHON=sys.executable, WORKDIR="/w"), timeout=120)  # fmt: skip
     assert small.returncode == 2, small.stdout
     assert small.stderr.count("\n") == 1 and "bn_virtual_batch_size=32" in small.stderr
+    # The Kubernetes renderer follows its variables and refuses the same way.
+    k8s = _layout(RENDER, "gpu", "--", "--config.allreduce.dtype=float32", NUM_NODES="4")
+    assert (k8s["devices"], k8s["processes"], k8s["per_device"]) == ("32", "4", "1024")
+    assert (k8s["algorithm"], k8s["dtype"], k8s["bn"]) == ("flat", "float32", "32")
+    refused = _run(["bash", RENDER, "--dry-run", "tpu", "--", "--config.global_batch_size=2048"],
+                   env=_env(PYTHON=sys.executable), timeout=120)  # fmt: skip
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.count("\n") == 1 and "bn_virtual_batch_size=32" in refused.stderr
 
 
 # --- tpu_pod.sh ------------------------------------------------------------------------------
