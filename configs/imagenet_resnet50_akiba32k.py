@@ -17,12 +17,14 @@ normalization over 32 images, no moving averages, float16 all-reduce, 90 epochs.
 Expected: 74.9% top-1 in 15 minutes on 1,024 P100s (the paper's figures). Open questions
 about the recipe (what the paper leaves unsaid, what each choice does): docs/recipe.md.
 
-The same 32,768 images per step on fewer devices, with gradient accumulation
-(`--config configs/imagenet_resnet50_akiba32k.py:<variant>`, `accumulation_steps` micro-
-batches per step, ghost BN inside each):
+The same 32,768 images per step on fewer devices, with gradient accumulation: a device runs
+at most max_micro_batch=256 images at once, so on fewer than 128 devices the driver derives
+accumulation_steps (micro-batches per step, ghost BN inside each) and prints it on the model
+line; the variants (`--config configs/imagenet_resnet50_akiba32k.py:<variant>`) name two such
+layouts with bfloat16 compute:
 
     variant  devices           x micro-batch x K  (ghost)  = global  BN span
-    pod      any (paper 1,024) x 32768/N     x 1  (32)     = 32,768  32   (the default)
+    pod      any (paper 1,024) x min(32768/N, 256) x derived (32) = 32,768  32   (the default)
     gpu8     8 GPUs (one node)    x 256      x 16 (32)     = 32,768  32
     v5p64    32 chips (v5p-64)    x 256      x 4  (32)     = 32,768  32
 
@@ -34,8 +36,9 @@ tpu:v5p:4x4x2`) compiles the step for the target and estimates its time.
 from lmsgd.config import base_config
 
 VARIANTS = {
-    # name: accumulation_steps (micro-batches per step; BN stays over 32 images in each)
-    "pod": 1,
+    # name: accumulation_steps (micro-batches per step; BN stays over 32 images in each).
+    # pod: None, derived from max_micro_batch on the devices at hand (1 from 128 devices up).
+    "pod": None,
     "gpu8": 16,
     "v5p64": 4,
 }
@@ -71,6 +74,9 @@ def get_config(variant: str = "pod"):
     config.checkpoint.every_steps = 500
     config.logging.every_steps = 20
 
+    # A device runs at most 256 images at once (ResNet-50, 224 px: ~22 GiB of float32
+    # activations, docs/planning.md); more per device become micro-batches (docs/scaling_out.md).
+    config.max_micro_batch = 256
     config.accumulation_steps = VARIANTS[variant]
     if variant != "pod":
         config.model.dtype = "bfloat16"

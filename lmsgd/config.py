@@ -55,6 +55,18 @@ TOP_LEVEL: dict[str, s.Key] = {
         int,
         2,
     ),
+    "max_micro_batch": s.Key(
+        None,
+        "Most images a device runs at once (what fits its memory). Where accumulation_steps "
+        "is None, the driver, the planner and `python -m lmsgd.layout` use the fewest "
+        "micro-batches per step that keep each within this and a multiple of "
+        "model.bn_virtual_batch_size (e.g. 16 for 4,096 images per device and 256); None: no "
+        "limit. An explicit accumulation_steps is used as given (docs/scaling_out.md).",
+        s.optional(s.positive_int),
+        "None or a positive integer",
+        int,
+        256,
+    ),
     "label_smoothing": s.Key(
         0.0,
         "Training loss against (1 - a) one-hot + a / classes (MLPerf's LARS recipe: 0.1; the "

@@ -3,7 +3,8 @@
 The recipe is a property of the config, not of the hardware: a config fixes the images per BN
 statistic (`model.bn_virtual_batch_size`), the wire dtype and, with `allreduce.algorithm=
 'auto'`, asks for a reduction that stays accurate at the device count it runs on. `resolve`
-turns that into concrete settings for `devices` devices in `processes` processes, before any
+turns that into concrete settings (with `max_micro_batch`, also the gradient accumulation a
+device's memory needs) for `devices` devices in `processes` processes, before any
 JAX work, so the driver (`lmsgd.run.build`), the planner and the launchers' `--dry-run`
 (`python -m lmsgd.layout`) all derive the same thing.
 
@@ -84,6 +85,37 @@ def resolve_algorithm(
     return "flat", None
 
 
+def accumulation_steps(config: Mapping[str, Any], devices: int) -> int:
+    """Micro-batches per step on `devices` devices: `config.accumulation_steps` where set;
+    else the fewest that keep each micro-batch within `config.max_micro_batch` images and a
+    whole number of ghost batches (`model.bn_virtual_batch_size`); 1 without a limit.
+    ConfigError (one line) where no such split exists."""
+    k = config["accumulation_steps"]
+    cap = config.get("max_micro_batch")
+    g = config["global_batch_size"]
+    if k or not cap or g % devices or g // devices <= cap:
+        return k or 1
+    per_device = g // devices
+    model = config["model"]
+    virtual = model["bn_virtual_batch_size"]
+    if model["bn_group_size"] != 1:
+        raise ConfigError(
+            f"config.max_micro_batch={cap}: {per_device} images per device (= global_batch_size "
+            f"{g} / {devices} devices) need micro-batches, which normalize on their device and "
+            f"need config.model.bn_group_size=1 (got {model['bn_group_size']})"
+        )
+    for k in range(2, per_device + 1):
+        micro = per_device // k
+        if per_device % k == 0 and micro <= cap and (not virtual or micro % virtual == 0):
+            return k
+    ghost = f" and a multiple of config.model.bn_virtual_batch_size={virtual}" if virtual else ""
+    raise ConfigError(
+        f"config.max_micro_batch={cap}: the per-device batch of {per_device} (= "
+        f"global_batch_size {g} / {devices} devices) has no split into micro-batches of at most "
+        f"{cap} images{ghost}; set config.accumulation_steps or another config.max_micro_batch"
+    )
+
+
 def resolve(config: Mapping[str, Any], devices: int, processes: int = 1) -> Layout:
     """The config's layout on `devices` devices; ConfigError (one line) if it cannot hold
     the config's recipe there (a batch that does not divide, a BN span larger than a
@@ -96,7 +128,7 @@ def resolve(config: Mapping[str, Any], devices: int, processes: int = 1) -> Layo
             f"{(g // devices + 1) * devices})"
         )
     per_device = g // devices
-    k = config["accumulation_steps"] or 1
+    k = accumulation_steps(config, devices)
     if per_device % k:
         raise ConfigError(
             f"config.accumulation_steps={k} must divide the per-device batch of {per_device} "

@@ -34,7 +34,7 @@ from typing import Any
 # Keys that lay the training out on the hardware; a rerun may change them when the effects
 # below stay. (Operational keys, which change neither, are lmsgd.workdir.OPERATIONAL_KEYS.)
 LAYOUT_KEYS = (
-    "accumulation_steps", "model.bn_group_size", "model.bn_virtual_batch_size",
+    "accumulation_steps", "max_micro_batch", "model.bn_group_size", "model.bn_virtual_batch_size",
     "allreduce.algorithm", "allreduce.mesh_shape", "allreduce.fuse",
     "allreduce.predivide_exponent",  # compared below where it matters (a low-precision wire)
 )  # fmt: skip
@@ -192,13 +192,14 @@ def _divisors(n: int) -> list[int]:
 
 
 def derive_accumulation_steps(
-    saved_effects: Mapping[str, Any], config: Mapping[str, Any], layout: Layout
+    saved_effects: Mapping[str, Any], config: Mapping[str, Any], layout: Layout, at_least: int = 1
 ) -> int | None:
-    """The accumulation steps K that give `config` on `layout` the saved effects, or None."""
+    """The fewest accumulation steps K (at least `at_least`) that give `config` on `layout`
+    the saved effects, or None."""
     g = config["global_batch_size"]
     if g % layout.num_devices:
         return None
-    for k in _divisors(g // layout.num_devices):
+    for k in (k for k in _divisors(g // layout.num_devices) if k >= at_least):
         if not differences(saved_effects, effects(_with(config, accumulation_steps=k), layout)):
             return k
     return None

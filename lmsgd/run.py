@@ -223,7 +223,8 @@ def plan_run(config: Mapping[str, Any], info: data_lib.DatasetInfo, num_devices:
         raise ConfigError(
             f"config.model.bn_group_size={group} must divide the {n} devices (or be 0 = all)"
         )
-    per_device, k = g // n, config["accumulation_steps"] or 1  # None: 1 (or derived on resume)
+    # None: from config.max_micro_batch (lmsgd.layout), or derived on resume (lmsgd.workdir).
+    per_device, k = g // n, layout_lib.accumulation_steps(config, n)
     if per_device % k:
         raise ConfigError(
             f"config.accumulation_steps={k} must divide the per-device batch of {per_device} "

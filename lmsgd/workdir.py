@@ -23,8 +23,9 @@ from typing import Any
 import ml_collections
 from etils import epath
 
+from lmsgd import layout as layout_lib
 from lmsgd import resume
-from lmsgd.errors import DiskFullError, IncompatibleCheckpointError, WorkdirError
+from lmsgd.errors import ConfigError, DiskFullError, IncompatibleCheckpointError, WorkdirError
 
 log = logging.getLogger("lmsgd")
 
@@ -154,17 +155,26 @@ def saved_run(workdir: str) -> tuple[dict[str, Any], resume.Layout | None] | Non
 def resolve_accumulation_steps(
     workdir: str, config: ml_collections.ConfigDict, layout: resume.Layout
 ) -> ml_collections.ConfigDict:
-    """`config` with `accumulation_steps` set where it is None: 1 for a new run; on resume,
-    the value that keeps the saved run's BN span and membership on `layout` (else left None,
-    and `check_compatible` names what would keep them). Reads the workdir, writes nothing."""
+    """`config` with `accumulation_steps` set where it is None: for a new run the fewest
+    micro-batches within `config.max_micro_batch` (1 without it; `lmsgd.layout`); on resume,
+    the value (not below that where possible) that keeps the saved run's BN span and
+    membership on `layout` (else 1, and `check_compatible` names what would keep them).
+    Reads the workdir, writes nothing."""
     if config.accumulation_steps is not None:
         return config
     found = saved_run(workdir)
-    k = 1
+    try:  # the fewest micro-batches that fit config.max_micro_batch (lmsgd.layout)
+        k = layout_lib.accumulation_steps(config, layout.num_devices)
+    except ConfigError:
+        if found is None:
+            raise
+        k = 1
     if found is not None:
         saved, saved_layout = found
         old = resume.effects(saved, saved_layout or layout)
-        k = resume.derive_accumulation_steps(old, config_as_json(config), layout) or 1
+        as_json = config_as_json(config)
+        k = (resume.derive_accumulation_steps(old, as_json, layout, at_least=k)
+             or resume.derive_accumulation_steps(old, as_json, layout) or 1)  # fmt: skip
         if k != (saved.get("accumulation_steps") or 1) or saved_layout != layout:
             log.info(
                 "resuming on %s: accumulation_steps=%d keeps the run's BN span of %s examples "

@@ -7,9 +7,11 @@ inputs. (The test session itself has 8 devices, fixed in conftest.py before JAX 
 
     python tests/test_allreduce_scale.py --dtypes float16,bfloat16 [--impl FILE.py]
 
-prints one JSON line per algorithm x dtype with the relative error of each distribution;
-`--impl` loads another `allreduce.py` (e.g. the previous one from git) to compare, and
-`--emulate` prints the numpy running-sum (ring) model's figures instead (docs/scaling_out.md).
+prints one JSON line per algorithm x dtype with the relative error of each distribution
+(`--json FILE` also writes them, with the command, date and versions, to FILE: the results
+files under results/allreduce_scale/ that docs/scaling_out.md quotes); `--impl` loads another
+`allreduce.py` (e.g. the previous one from git) to compare, and `--emulate` prints the numpy
+running-sum (ring) model's figures instead (docs/scaling_out.md).
 """
 
 from __future__ import annotations
@@ -359,7 +361,9 @@ def main() -> None:
     parser.add_argument(
         "--emulate", action="store_true", help="numpy running-sum model instead of XLA"
     )
+    parser.add_argument("--json", default=None, help="also write the rows, with provenance")
     args = parser.parse_args()
+    rows = []
     if args.emulate:  # no JAX devices needed: the per-hop-rounding (ring) estimate
         from lmsgd.parallel.allreduce import DEFAULT_PREDIVIDE_EXPONENT
 
@@ -375,7 +379,9 @@ def main() -> None:
                     k: relative_error(emulate_running_sum(g, dtype, algorithm, e), g)
                     for k, g in grads.items()
                 }
-                print(json.dumps({"algorithm": algorithm, "dtype": dtype, "emulated": errors}))
+                rows.append({"algorithm": algorithm, "dtype": dtype, "emulated": errors})
+                print(json.dumps(rows[-1]))
+        _write_json(args.json, rows, e)
         return
     kwargs = {}
     if args.predivide_exponent is not None:
@@ -383,6 +389,35 @@ def main() -> None:
     rows = measure(args.impl, args.dtypes.split(","), args.algorithms.split(","), **kwargs)
     for row in rows:
         print(json.dumps(row), flush=True)
+    from lmsgd.parallel.allreduce import DEFAULT_PREDIVIDE_EXPONENT
+
+    e = DEFAULT_PREDIVIDE_EXPONENT if args.predivide_exponent is None else args.predivide_exponent
+    _write_json(args.json, rows, e)
+
+
+def _write_json(path: str | None, rows: list[dict], exponent: float) -> None:
+    """The rows with what produced them: command, date, devices, versions."""
+    if not path:
+        return
+    import datetime
+    import platform
+
+    import jax
+
+    record = {
+        "command": "python tests/test_allreduce_scale.py " + " ".join(sys.argv[1:]),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+        "device": f"{DEVICES} simulated XLA:CPU devices ({HOSTS} x {DEVICES // HOSTS} mesh "
+        f"for two levels), {platform.processor() or platform.machine()}",
+        "versions": {"python": platform.python_version(), "jax": jax.__version__},
+        "devices": DEVICES,
+        "hosts": HOSTS,
+        "elements": ELEMENTS,
+        "predivide_exponent": exponent,
+        "rows": rows,
+    }
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(path).write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -96,3 +96,60 @@ def test_committed_v5p_plan_was_made_with_the_layout_the_driver_resolves():
     assert plan["allreduce"]["dtype"] == layout.dtype == "float16"
     assert tuple(plan["mesh"].values()) == layout.mesh_shape == (256, 4)
     assert plan["bn_span"] == layout.bn_span == 32
+
+
+# --- accumulation derived from config.max_micro_batch (the paper's config: 256) --------------
+
+
+@pytest.mark.parametrize(
+    ("devices", "processes", "k", "micro"),
+    [(8, 1, 16, 256), (32, 8, 4, 256), (64, 8, 2, 256), (128, 16, 1, 256), (1024, 128, 1, 32)],
+)  # fmt: skip
+def test_paper_config_derives_accumulation_from_max_micro_batch(devices, processes, k, micro):
+    """32,768 images on N devices, at most 256 at once: K = 32768 / N / 256 (hand-computed),
+    BN still over 32 images in every micro-batch."""
+    layout = resolve(load_config_file(PAPER), devices, processes)
+    assert (layout.accumulation_steps, layout.micro_batch, layout.bn_span) == (k, micro, 32)
+    assert f"= {k} micro-batch{'es' if k > 1 else ''} of {micro};" in layout.describe()
+
+
+def test_derived_accumulation_keeps_ghost_batches_whole_and_explicit_settings_win():
+    from lmsgd.layout import accumulation_steps
+
+    config = load_config_file(PAPER)
+    with config.unlocked():
+        config.max_micro_batch = 100  # 4,096 per device: micro-batches of 64 (not 100 or 80)
+    assert accumulation_steps(config, 8) == 64
+    config.model.bn_virtual_batch_size = 0
+    assert accumulation_steps(config, 8) == 64  # 4,096 / 64: the first divisor within 100
+    config.accumulation_steps = 2  # explicit: used as given
+    assert resolve(config, 8).accumulation_steps == 2 and resolve(config, 8).micro_batch == 2048
+    config.accumulation_steps = None
+    config.max_micro_batch = None  # no limit: one micro-batch
+    assert accumulation_steps(config, 8) == 1
+
+
+def test_refuses_in_one_line_a_limit_no_split_can_meet():
+    config = load_config_file(PAPER)
+    config.global_batch_size = 80 * 8  # 80 per device: micro-batches of 32 cannot divide it
+    config.max_micro_batch = 32
+    with pytest.raises(ConfigError, match="no split into micro-batches of at most 32") as e:
+        resolve(config, 8)
+    assert "\n" not in str(e.value) and "bn_virtual_batch_size=32" in str(e.value)
+    config.model.bn_virtual_batch_size, config.model.bn_group_size = 0, 2
+    with pytest.raises(ConfigError, match="bn_group_size=1"):
+        resolve(config, 8)
+
+
+def test_driver_derives_accumulation_on_this_sessions_devices(tmp_path):
+    """lmsgd.train's set-up: a new run takes the derived K; the model line's plan shows it."""
+    from helpers import tiny_config
+
+    from lmsgd.run import build
+    from lmsgd.train import resolve_layout
+
+    config = tiny_config(**{"max_micro_batch": 2})  # 64 images / 8 devices = 8: K = 4
+    config, _ = resolve_layout(config, str(tmp_path))
+    assert config.accumulation_steps == 4
+    run = build(config)
+    assert (run.plan.accumulation_steps, run.plan.micro_batch) == (4, 2)

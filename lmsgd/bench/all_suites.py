@@ -61,5 +61,5 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print("\n=== all ===")
     rows = [[name, r["wall_s"], r["json_path"]] for name, r in summary.items()]
     print(common.table(rows + [["total", total, ""]], ["suite", "wall s", "json"]))
-    record["json_path"] = common.write_record(record, args.results_dir, "all")
+    record["json_path"] = common.write_record(record, args.results_dir, "all", args.json)
     return record

@@ -226,7 +226,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
     record["gradient_flat_fused_vs_float32"] = summary
     print_table(record)
-    record["json_path"] = common.write_record(record, args.results_dir, "allreduce")
+    record["json_path"] = common.write_record(record, args.results_dir, "allreduce", args.json)
     return record
 
 

@@ -16,6 +16,7 @@ import os
 import platform
 import re
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,6 +36,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         "set with jax_num_cpu_devices before JAX starts)",
     )
     parser.add_argument("--results_dir", default="./results", help="JSON output folder")
+    if "--json" not in parser._option_string_actions:
+        parser.add_argument(
+            "--json", default=None, help="write the JSON to this file instead of --results_dir"
+        )
     parser.add_argument("--quick", action="store_true", help="smallest useful setting")
 
 
@@ -189,11 +194,17 @@ def compiled_memory(compiled: Any) -> dict[str, int]:
     return out
 
 
-def write_record(record: dict[str, Any], results_dir: str, suite: str) -> str:
-    """Writes ``record`` as JSON to ``results_dir/bench_<suite>_<time>.json``; returns the path."""
-    os.makedirs(results_dir, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    path = os.path.join(results_dir, f"bench_{suite}_{stamp}.json")
+def write_record(
+    record: dict[str, Any], results_dir: str, suite: str, path: str | None = None
+) -> str:
+    """Writes ``record`` as JSON to ``path`` (``--json``) or else to
+    ``results_dir/bench_<suite>_<time>.json``; returns the path."""
+    if path is None:
+        os.makedirs(results_dir, exist_ok=True)
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        path = os.path.join(results_dir, f"bench_{suite}_{stamp}.json")
+    else:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(record, f, indent=2, default=_jsonable)
     print(f"wrote {path}")
@@ -209,6 +220,7 @@ def _jsonable(x: Any) -> Any:
 def new_record(suite: str, devices: Sequence[Any] | None, config: dict[str, Any]) -> dict:
     return {
         "suite": suite,
+        "command": " ".join(["python -m lmsgd.bench", *sys.argv[1:]]),
         "time_utc": datetime.datetime.now(datetime.UTC).isoformat(),
         "hardware": hardware(devices),
         "versions": versions(),

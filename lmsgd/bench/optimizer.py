@@ -366,7 +366,7 @@ def run_for_target(args: argparse.Namespace) -> dict[str, Any]:
         for key in ("update", "update_and_apply")
     }
     print_target_table(record)
-    record["json_path"] = common.write_record(record, args.results_dir, "optimizer")
+    record["json_path"] = common.write_record(record, args.results_dir, "optimizer", args.json)
     return record
 
 
@@ -530,7 +530,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     record["results"] = results
     record["summary"] = summary
     print_table(record)
-    record["json_path"] = common.write_record(record, args.results_dir, "optimizer")
+    record["json_path"] = common.write_record(record, args.results_dir, "optimizer", args.json)
     return record
 
 

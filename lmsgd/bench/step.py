@@ -275,7 +275,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return run_target(args, _settings)
     record, _ = measure(args)
     print_table(record)
-    record["json_path"] = common.write_record(record, args.results_dir, "step")
+    record["json_path"] = common.write_record(record, args.results_dir, "step", args.json)
     return record
 
 

@@ -177,5 +177,5 @@ def run_target(args: argparse.Namespace, settings) -> dict[str, Any]:
         f"{compiler} (per device)"
     )
     print(common.table(rows, ["", "ours", "baseline", "ours / baseline"]))
-    common.write_record(record, args.results_dir, "step_target")
+    common.write_record(record, args.results_dir, "step_target", args.json)
     return record

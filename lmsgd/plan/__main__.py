@@ -75,7 +75,28 @@ def main(argv) -> None:
     print(format_plan(result))
     if f.json:
         with open(f.json, "w") as fh:
-            fh.write(result.to_json())
+            fh.write(_with_provenance(result.to_json()))
+
+
+def _with_provenance(text: str) -> str:
+    """The plan's JSON plus what produced it: the command, when, on which host and versions."""
+    import datetime
+    import json
+    import platform
+
+    from lmsgd import hardware
+
+    record = json.loads(text)
+    load = hardware.load_average()
+    record["provenance"] = {
+        "command": " ".join(["python -m lmsgd.plan", *sys.argv[1:]]),
+        "time_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "host": f"{hardware.cpu_model()}, {os.cpu_count()} cores",
+        "load_average_1m": load[0] if load else None,
+        "versions": {"python": platform.python_version(),
+                     **hardware.versions(("jax", "jaxlib", "libtpu", "jax-cuda12-plugin"))},
+    }  # fmt: skip
+    return json.dumps(record, indent=2) + "\n"
 
 
 def _usage() -> str:
