@@ -1,13 +1,21 @@
 """Figures the users' pages quote, each tied to the committed results file it comes from.
 
 A `Figure` names a results JSON, how to read and format one number from it, and, per page, a
-pattern that finds where the page quotes it. `problems(pages)` lists every quote that differs
-from its file (or a page that no longer quotes it); tests/test_docs.py runs it over the pages.
+pattern that finds where the page quotes it. A `Passage` does the same for several numbers of
+one file quoted in one sentence or table row; a `Block` ties a fenced block of a suite's printed
+table to the file it printed it from (the page may keep a subset of the columns and rows).
+`problems(pages)` lists every quote that differs from its file (or a page that no longer
+quotes it); `unsourced(pages)` lists every number with a unit of measurement (ms, s, GiB, %,
+x ratios, img/s, GFLOP, ...) that no quote covers and `ALLOWED` does not name;
+tests/test_docs.py runs both over the pages.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib
+import io
 import json
 import pathlib
 import re
@@ -152,10 +160,124 @@ FIGURES += [
 ]
 
 
+# --- several figures of one file in one passage; a printed table ----------------------------
+
+
+def at(path: str, scale: float = 1.0, fmt: str = ".1f") -> Callable[[dict], str]:
+    """The value at the dotted `path` of a results JSON (list items by index), times `scale`,
+    formatted with `fmt` (e.g. ",.0f" for 1,682)."""
+
+    def value(d: dict) -> str:
+        for key in path.split("."):
+            d = d[int(key)] if isinstance(d, list) else d[key]
+        return format(d * scale, fmt)
+
+    return value
+
+
+GiB, MiB, GB, MB, MS, PCT = 2**-30, 2**-20, 1e-9, 1e-6, 1e3, 100.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Passage:
+    """Several figures of one results file quoted in one passage of one page.
+
+    `pattern` is a regex with `{}` where each figure stands (in the order of `values`); a
+    space in it matches any run of whitespace (a passage may wrap)."""
+
+    page: str
+    results: str
+    pattern: str
+    values: tuple[Callable[[dict], str] | None, ...]  # None: a figure another passage checks
+
+    def regex(self) -> str:
+        return self.pattern.replace(" ", r"\s+").replace("{}", NUMBER)
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """A fenced block of a page that shows a suite's printed table, and the file it came from.
+
+    `render(record)` prints the table from the JSON the suite wrote (the suite's own printer).
+    The block is the fenced block whose first line is `command`; its other lines must be
+    reproduced: the table's header names columns of the printed table, every row equals a
+    printed row in those columns, and every other line is a printed line."""
+
+    page: str
+    results: str
+    command: str
+    render: Callable[[dict], str]
+
+
+def _printed(printer: Callable[[dict], None]) -> Callable[[dict], str]:
+    def render(record: dict) -> str:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            printer(record)
+        return out.getvalue()
+
+    return render
+
+
+def _cells(line: str) -> list[str]:
+    return re.split(r"\s{2,}", line.strip())
+
+
+def _block_lines(text: str, command: str) -> tuple[int, list[str]] | None:
+    """(offset of the block's text, its lines) of the fenced block that starts with `command`."""
+    for m in re.finditer(r"^```[^\n]*\n(.*?)^```", text, re.M | re.S):
+        lines = m.group(1).splitlines()
+        if lines and lines[0].strip() == command:
+            return m.start(1), lines[1:]
+    return None
+
+
+def _block_problems(block: Block, text: str) -> list[str]:
+    found = _block_lines(text, block.command)
+    if found is None:
+        return [f"{block.page}: no fenced block starting with {block.command!r}"]
+    printed = block.render(load(block.results)).splitlines()
+    normalized = {" ".join(line.split()) for line in printed}
+    out, header, columns = [], None, None
+    for line in found[1]:
+        if not line.strip() or set(line.strip()) <= {"-", " "}:
+            continue
+        cells = _cells(line)
+        if header is None:
+            match = next((p for p in printed if _cells(p)[0] == cells[0] and len(cells) > 2), None)
+            if match is not None:
+                header = _cells(match)
+                missing = [c for c in cells if c not in header]
+                if missing:
+                    out.append(f"{block.page}: {block.command}: no column {missing} in "
+                               f"{block.results}")  # fmt: skip
+                    return out
+                columns = [header.index(c) for c in cells]
+                continue
+        if columns is not None and len(cells) == len(columns):
+            rows = [_cells(p) for p in printed]
+            if not any(len(r) == len(header) and [r[i] for i in columns] == cells for r in rows):
+                out.append(f"{block.page}: {block.command}: row {cells} is not printed from "
+                           f"{block.results}")  # fmt: skip
+            continue
+        if " ".join(line.split()) not in normalized:
+            out.append(f"{block.page}: {block.command}: line {line.strip()!r} is not printed "
+                       f"from {block.results}")  # fmt: skip
+    return out
+
+
+def load(results: str) -> dict:
+    """A results JSON, or for a folder `{file stem: JSON}` of the JSON files in it."""
+    path = REPO / results
+    if path.is_dir():
+        return {f.stem: json.loads(f.read_text()) for f in sorted(path.glob("*.json"))}
+    return json.loads(path.read_text())
+
+
 def _pages() -> dict[str, str]:
-    return {
-        name: (REPO / name).read_text() for name in {page for f in FIGURES for page in f.quotes}
-    }
+    names = {page for f in FIGURES for page in f.quotes} | set(SCANNED)
+    names |= {p.page for p in PASSAGES} | {b.page for b in BLOCKS}
+    return {name: (REPO / name).read_text() for name in names}
 
 
 def problems(pages: Mapping[str, str] | None = None) -> list[str]:
@@ -163,7 +285,7 @@ def problems(pages: Mapping[str, str] | None = None) -> list[str]:
     pages = _pages() if pages is None else pages
     out = []
     for figure in FIGURES:
-        want = figure.value(json.loads((REPO / figure.results).read_text()))
+        want = figure.value(load(figure.results))
         for page, pattern in figure.quotes.items():
             if page not in pages:
                 continue
@@ -175,4 +297,359 @@ def problems(pages: Mapping[str, str] | None = None) -> list[str]:
                 for got in found
                 if got != want
             ]
+    for passage in PASSAGES:
+        if passage.page not in pages:
+            continue
+        if not (REPO / passage.results).exists():
+            out.append(f"{passage.page}: {passage.results} is missing")
+            continue
+        record = load(passage.results)
+        want = [v and v(record) for v in passage.values]
+        found = list(re.finditer(passage.regex(), pages[passage.page], re.S))
+        if not found:
+            out.append(f"{passage.page}: passage not found (pattern {passage.pattern!r})")
+        for m in found:
+            got = list(m.groups())
+            out += [
+                f"{passage.page}: {g} where {passage.results} says {w} (in {passage.pattern!r})"
+                for g, w in zip(got, want)
+                if w is not None and g != w
+            ]
+    for block in BLOCKS:
+        if block.page in pages and not (REPO / block.results).exists():
+            out.append(f"{block.page}: {block.results} is missing")
+        elif block.page in pages:
+            out += _block_problems(block, pages[block.page])
     return out
+
+
+# --- numbers with a unit that nothing sources ------------------------------------------------
+
+# A number followed by a unit of time, memory, bytes, rate or a percentage, or a ratio (1.24x,
+# x0.94). Units need a space or nothing before them; `x` ratios are written without a space.
+UNIT = (
+    r"(?:ms|µs|us|s|min|h|TB|GB|GiB|MB|MiB|KB|kB|KiB|B|bytes|B/param|%|img/s|images/s|"
+    r"GFLOP|TFLOP/s|TFLOPS|GFLOP/s|GB/s|GBps|Gbit/s|PB/s|TB/s)"
+)
+MEASURE = re.compile(
+    r"(?<![\w.,/-])\d[\d,]*(?:\.\d+)?(?:(?:-|\.\.)\d[\d,]*(?:\.\d+)?)?"
+    r"(?:\s?" + UNIT + r"(?![\w/])|[x×](?![\w/]))"
+    r"|(?<![\w.])[x×]\d[\d,]*(?:\.\d+)?(?![\w-])"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Allowed:
+    """Numbers with units that are not measurements of ours: where (a regex over the page;
+    a number inside one of its matches is allowed) and why."""
+
+    page: str  # "*" for every scanned page
+    pattern: str
+    why: str
+
+
+def _sections(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, heading) of every section, up to the next heading of its level or above."""
+    heads = [(m.start(), len(m.group(1)), m.group(2).strip())
+             for m in re.finditer(r"^(#{1,6}) (.*)$", text, re.M)]  # fmt: skip
+    out = []
+    for i, (start, level, title) in enumerate(heads):
+        end = next((s for s, lv, _ in heads[i + 1 :] if lv <= level), len(text))
+        out.append((start, end, title))
+    return out
+
+
+def covered(page: str, text: str) -> list[tuple[int, int]]:
+    """Spans of `text` that a registered quote or an allowance accounts for."""
+    spans = []
+    for figure in FIGURES:
+        if page in figure.quotes:
+            spans += [m.span(1) for m in re.finditer(figure.quotes[page], text)]
+    for passage in PASSAGES:
+        if passage.page == page:
+            for m in re.finditer(passage.regex(), text, re.S):
+                spans += [m.span(i + 1) for i in range(len(passage.values))]
+    for block in BLOCKS:
+        if block.page == page and (found := _block_lines(text, block.command)):
+            spans.append((found[0], found[0] + sum(len(x) + 1 for x in found[1]) + 1))
+    for allowed in ALLOWED + PENDING:
+        if allowed.page in (page, "*"):
+            spans += [m.span() for m in re.finditer(allowed.pattern, text, re.M)]
+    for start, end, title in _sections(text):
+        if (page, title) in EXEMPT:
+            spans.append((start, end))
+    return spans
+
+
+def unsourced(pages: Mapping[str, str] | None = None) -> list[str]:
+    """`page:line: 'number unit'` for every figure with a unit that no quote covers."""
+    pages = _pages() if pages is None else pages
+    out = []
+    for page in SCANNED:
+        text = pages.get(page)
+        if text is None:
+            continue
+        spans = covered(page, text)
+        for m in MEASURE.finditer(text):
+            if not any(a <= m.start() < b for a, b in spans):
+                line = text.count("\n", 0, m.start()) + 1
+                out.append(f"{page}:{line}: {m.group()!r}")
+    return out
+
+
+# --- what is scanned and what is not a measurement of ours -----------------------------------
+
+SCANNED = ["README.md", "docs/performance.md", "docs/planning.md", "docs/scaling_out.md"]
+
+H100 = "results/plan/akiba32k_h100_8x16_bf16_b4096.json"  # the acceptance command, planning.md
+SWEEP = "results/sweep/runs"  # python -m lmsgd.experiments.large_batch --preset sweep
+
+
+def sweep_top1(run: str) -> Callable[[dict], str]:
+    """Mean final top-1 (%) of a sweep point's two seeds."""
+    return lambda runs: f"{sum(runs[f'{run}_seed{s}']['final_top1'] for s in (0, 1)) * 50:.1f}"
+
+
+def _default_top1(seed: int, file: str = DEFAULT) -> Callable[[dict], str]:
+    return lambda _: _top1(json.loads((REPO / file.format(seed)).read_text()))
+
+
+PASSAGES: list[Passage] = [
+    Passage("README.md", "results/default_run",
+            r"\| {}% / {}% / {}% top-1, seeds 0-2 \(jax 0.10.2\); {}% seed 0 \(jax 0.12.0.1\)",
+            (*(_default_top1(s) for s in range(3)), _default_top1(0, DEFAULT_312))),
+    Passage("README.md", SWEEP,
+            r"paper's recipe keeps {}% top-1 where Goyal et al.'s falls to {}%; at each recipe's "
+            r"own rate it is not ahead \({}% vs {}% at 1,280\)",
+            (sweep_top1("f_paper_b05120_lrx2"), sweep_top1("c_goyal_b05120_lrx2"),
+             sweep_top1("f_paper_b01280_lrx1"), sweep_top1("c_goyal_b01280_lrx1"))),
+    Passage("README.md", V5P, r"4 chips\), {} MB of all-reduces and {} MB of all-gathers",
+            (at("gradient_allreduce_bytes", MB), at("collectives.2.bytes", MB))),
+    Passage("README.md", H100,
+            r"\| {} GiB peak per GPU; {} cuDNN convolutions; {} asynchronous float16 gradient "
+            r"all-reduces, {}% of their bytes issued before the backward pass ends .*? "
+            r"estimated {} ms per step",
+            (at("memory.peak_bytes", GiB, ".2f"), at("kernels.cudnn", 1, "d"),
+             at("overlap.async", 1, "d"), at("overlap.issued_before_backward_end", PCT, ".0f"),
+             at("estimate.step_s", MS))),
+]  # fmt: skip
+
+# docs/scaling_out.md's table of 16-bit sums at 1,024 devices: python tests/test_allreduce_scale.py
+SCALE = "results/allreduce_scale/xla_e0.5.json"  # --dtypes float16,bfloat16,float32
+SCALE_E1 = "results/allreduce_scale/xla_e1.json"  # --dtypes float16 --predivide_exponent 1
+RING = "results/allreduce_scale/emulated_ring.json"  # --emulate --dtypes float16,bfloat16
+
+
+def _scale_error(algorithm: str, dtype: str, column: int, file: str = SCALE):
+    def value(d: dict) -> str:
+        row = next(r for r in d["rows"] if (r["algorithm"], r["dtype"]) == (algorithm, dtype))
+        return f"{list(row['errors'].values())[column] * 100:.2f}"
+
+    return value
+
+
+def _scale_row(algorithm: str, dtype: str, label: str) -> list[Passage]:
+    """One row of the table: e = 0.5's errors, and in brackets e = 1's where they differ (two
+    files, so two passages over one pattern, each checking its own figures)."""
+    e05, e1 = (json.loads((REPO / f).read_text()) for f in (SCALE, SCALE_E1))
+    cells, mine, theirs = [], [], []
+    for c in range(6):
+        here = _scale_error(algorithm, dtype, c)
+        cells.append("{}%")
+        mine.append(here)
+        theirs.append(None)
+        other = _scale_error(algorithm, dtype, c, SCALE_E1) if dtype == "float16" else None
+        if other is not None and other(e1) != here(e05):
+            cells[-1] = r"{}% \({}%\)"
+            mine.append(None)
+            theirs.append(other)
+    label = label.replace("(", r"\(").replace(")", r"\)")
+    pattern = rf"(?m)^\| {algorithm} \| {label} \| " + r" \| ".join(cells) + r" \|$"
+    return [Passage("docs/scaling_out.md", SCALE, pattern, tuple(mine)),
+            Passage("docs/scaling_out.md", SCALE_E1, pattern, tuple(theirs))]  # fmt: skip
+
+
+def _ring(algorithm: str, columns: slice, fn) -> Callable[[dict], str]:
+    """min or max over some distributions of the emulated bfloat16 ring's error (%)."""
+
+    def value(d: dict) -> str:
+        row = next(r for r in d["rows"] if (r["algorithm"], r["dtype"]) == (algorithm, "bfloat16"))
+        errors = list(row["emulated"].values())[columns]
+        return f"{fn(errors) * 100:{'.0f' if fn(errors) > 0.1 else '.1f'}}"
+
+    return value
+
+
+def _max_error(algorithm: str, dtype: str, columns: slice, file: str = SCALE):
+    def value(d: dict) -> str:
+        row = next(r for r in d["rows"] if (r["algorithm"], r["dtype"]) == (algorithm, dtype))
+        return f"{max(list(row['errors'].values())[columns]) * 100:.2f}"
+
+    return value
+
+
+IID, COHERENT, ALL = slice(0, 3), slice(3, 6), slice(0, 6)
+CPU_BF16 = "bfloat16 (CPU: summed in f32)"
+PASSAGES += [
+    p
+    for algorithm in ("flat", "hierarchical", "two_dimensional")
+    for dtype, label in (("float16", "float16"), ("bfloat16", CPU_BF16))
+    for p in _scale_row(algorithm, dtype, label)
+] + [
+    Passage("docs/scaling_out.md", RING,
+            r"flat, {}-{}% for i.i.d. and {}-{}% for coherent gradients .*? two levels \(8 then "
+            r"128\), {}-{}% i.i.d. and {}-{}% coherent",
+            (_ring("flat", IID, min), _ring("flat", IID, max), _ring("flat", COHERENT, min),
+             _ring("flat", COHERENT, max), _ring("hierarchical", IID, min),
+             _ring("hierarchical", IID, max), _ring("hierarchical", COHERENT, min),
+             _ring("hierarchical", COHERENT, max))),
+    Passage("docs/scaling_out.md", SCALE,
+            r"default `predivide_exponent`: at most {}% for every distribution above",
+            (_max_error("two_dimensional", "float16", ALL),)),
+    Passage("docs/scaling_out.md", SCALE, r"Flat float16 stays within {}% for coherent",
+            (_max_error("flat", "float16", COHERENT),)),
+]  # fmt: skip
+
+
+def _suite(module: str, printer: str = "print_table") -> Callable[[dict], str]:
+    """A bench suite's own table printer (imported when a check needs it)."""
+    return _printed(lambda r: getattr(importlib.import_module(module), printer)(r))
+
+
+OPT_CPU = "results/bench/optimizer_cpu_resnet50.json"  # python -m lmsgd.bench optimizer
+OPT_TPU = "results/bench/optimizer_tpu_v5p.json"  # ... optimizer --target tpu:v5p:2x2x1
+PERF = "docs/performance.md"
+PLAN = "docs/planning.md"
+PASSAGES += [
+    Passage(PLAN, H100, r"same ResNet-50 step \({} GFLOP per GPU at 32 images, {} GFLOP per image;",
+            (at("flops", GB), at("flops_per_image", GB))),
+    Passage(PLAN, V5P, r"the TPU compiler's cost analysis says {} at 32 per chip\)",
+            (at("flops", GB, ".0f"),)),
+    Passage(PLAN, H100, r"(?m)^\| \*\*8 MiB \(lmsgd's choice\)\*\* \| \*\*{}\*\* \| \*\*{}%\*\* \| "
+            r"\*\*{}%\*\* \|$",
+            (at("overlap.count", 1, "d"), at("overlap.issued_before_backward_end", PCT, ".0f"),
+             at("overlap.in_flight_during_backward", PCT, ".0f"))),
+    Passage(PLAN, H100, r"holds with 8 MiB buckets and {} all-reduces; the time line hides {}% of "
+            r"the communication \({} ms of {} ms, {}% exposed\)",
+            (at("overlap.count", 1, "d"), at("estimate.overlap", PCT, ".0f"),
+             at("estimate.comm_s", MS, ".2f"), at("estimate.step_s", MS, ".2f"),
+             lambda d: f"{(1 - d['estimate']['overlap']) * 100:.0f}")),
+    Passage(PLAN, H100, r"Acceptance command \({} s of compile", (at("compile_s", 1, ".0f"),)),
+    Passage(PLAN, H100,
+            r"prints: {} GiB peak per GPU of {} GiB \(arguments {}, outputs {}, temporaries {}, "
+            r"aliased {} GiB\); {} GFLOP and {} GB per GPU per step \(HLO count\); {} async f16 "
+            r"all-reduces, {} bytes \({} bytes x {} parameters\) and two f32 \({} bytes\); {} "
+            r"kernels: {} cuDNN convolutions \({} forward, {} backward-filter, {} backward-input, "
+            r"{} fused bias-activation\), {} fusions, {} cuBLAS; overlap {}% / {}% / {}%; step {} "
+            r"ms \(memory-bound by the HLO byte count\), {}% scaling efficiency, {} min for 90",
+            (at("memory.peak_bytes", GiB, ".2f"), at("memory.capacity_bytes", GiB, ".1f"),
+             at("memory.argument_bytes", GiB, ".2f"), at("memory.output_bytes", GiB, ".2f"),
+             at("memory.temp_bytes", GiB, ".2f"), at("memory.alias_bytes", GiB, ".2f"),
+             at("flops", GB), at("bytes_accessed", GB), at("collectives.0.count", 1, "d"),
+             at("collectives.0.bytes", 1, ",d"),
+             lambda d: f"{d['collectives'][0]['bytes'] / d['num_params']:.3f}",
+             at("num_params", 1, ",d"), at("collectives.1.bytes", 1, ",d"),
+             at("kernels.kernels", 1, ",d"), at("kernels.cudnn", 1, "d"),
+             at("kernels.cudnn_conv_forward", 1, "d"), at("kernels.cudnn_conv_backward_filter", 1, "d"),
+             at("kernels.cudnn_conv_backward_input", 1, "d"),
+             at("kernels.cudnn_conv_bias_activation", 1, "d"), at("kernels.fusions", 1, ",d"),
+             at("kernels.cublas_gemm", 1, "d"), at("overlap.issued_before_backward_end", PCT, ".0f"),
+             at("overlap.in_flight_during_backward", PCT, ".0f"), at("estimate.overlap", PCT, ".0f"),
+             at("estimate.step_s", MS, ".2f"), at("estimate.scaling_efficiency", PCT),
+             at("estimate.run_s", 1 / 60, ".2f"))),
+    Passage(PLAN, H100,
+            r"\| {} s compile \| fits: {} GiB of {} GiB; {} GFLOP, {} GB per GPU per step \(HLO "
+            r"count\); {} async f16 all-reduces = {} bytes x parameters; {} cuDNN convolutions, {} "
+            r"fusions; {}% of the gradient bytes issued before the backward pass ends, {}% of the "
+            r"communication hidden; {} ms per step, {} min for 90 epochs",
+            (at("compile_s", 1, ".0f"), at("memory.peak_bytes", GiB, ".2f"),
+             at("memory.capacity_bytes", GiB, ".1f"), at("flops", GB), at("bytes_accessed", GB),
+             at("collectives.0.count", 1, "d"),
+             lambda d: f"{d['collectives'][0]['bytes'] / d['num_params']:.3f}",
+             at("kernels.cudnn", 1, "d"), at("kernels.fusions", 1, ",d"),
+             at("overlap.issued_before_backward_end", PCT, ".0f"), at("estimate.overlap", PCT, ".0f"),
+             at("estimate.step_s", MS, ".2f"), at("estimate.run_s", 1 / 60, ".2f"))),
+    Passage(PLAN, V5P,
+            r"\| {} s compile \| fits: {} GiB peak per chip of {} GiB \(arguments {}, outputs {}, "
+            r"temporaries {}, aliased {} GiB\); {} GFLOP and {} GB per chip per step; .*?: {} u32 "
+            r"all-reduces \(float16 packed\) of {} bytes in groups of 4 and 256, {} float16 "
+            r"all-gathers of {} bytes, plus two f32 all-reduces of {} bytes \(BN statistics, "
+            r"metrics\); estimate {} ms per step \(memory-bound\), {} s per epoch, \*\*{} s for 90 "
+            r"epochs\*\*, {}% scaling efficiency",
+            (at("compile_s", 1, ".0f"), at("memory.peak_bytes", GiB, ".2f"),
+             at("memory.capacity_bytes", GiB, ".0f"), at("memory.argument_bytes", GiB, ".2f"),
+             at("memory.output_bytes", GiB, ".2f"), at("memory.temp_bytes", GiB, ".2f"),
+             at("memory.alias_bytes", GiB, ".2f"), at("flops", GB, ".0f"),
+             at("bytes_accessed", GB), at("collectives.1.count", 1, "d"),
+             at("collectives.1.bytes", 1, ",d"), at("collectives.2.count", 1, "d"),
+             at("collectives.2.bytes", 1, ",d"), at("collectives.0.bytes", 1, ",d"),
+             at("estimate.step_s", MS), at("estimate.epoch_s", 1, ".2f"),
+             at("estimate.run_s", 1, ".0f"), at("estimate.scaling_efficiency", PCT))),
+    Passage(PLAN, "results/plan/default_cpu8_measure20.json",
+            r"\| compute \({} GFLOP per device / \(host peak / 8 x 0.5\)\) \| {} ms \|\n"
+            r"\| memory \({} GB per device / \(20 GB/s / 8\)\) \| {} ms \|\n"
+            r"\| communication \(two f32 and one f16 all-reduce, {} KB\) \| {} ms \|\n"
+            r"\| \*\*estimate\*\* \| \*\*{} ms\*\* \|\n"
+            r"\| \*\*measured\*\* \(20 steps after warm-up, synthetic data\) \| \*\*{} ms\*\* "
+            r"\(estimate / measured = {}\) \|",
+            (at("flops", GB, ".2f"), at("estimate.compute_s", MS), at("bytes_accessed", GB, ".2f"),
+             at("estimate.memory_s", MS), lambda d: f"{sum(c['bytes'] for c in d['collectives']) / 1e3:.0f}",
+             at("estimate.comm_s", MS, ".2f"), at("estimate.step_s", MS),
+             at("measured_step_s", MS, ".0f"),
+             lambda d: f"{d['estimate']['step_s'] / d['measured_step_s']:.2f}")),
+    Passage(PLAN, "results/plan/default_cpu8_measure20.json",
+            r"load average {} at the end of the run\)", (at("provenance.load_average_1m"),)),
+    Passage(PLAN, "results/plan/default_cpu8_measure20.json",
+            r"--measure 20` \| {} s compile \| estimate {} ms vs measured {} ms",
+            (at("compile_s", 1, ".0f"), at("estimate.step_s", MS), at("measured_step_s", MS, ".0f"))),
+]  # fmt: skip
+BLOCKS: list[Block] = [
+    Block(PERF, OPT_CPU, "python -m lmsgd.bench optimizer", _suite("lmsgd.bench.optimizer")),
+]
+PASSAGES += [
+    Passage(PERF, OPT_CPU, r"load average during the run: {} on 2 cores",
+            (at("hardware.load_average_1m"),)),
+    Passage(PERF, OPT_CPU,
+            r"the same {} / {} bytes per parameter\*\* \({}x\), at {}x the time in this run",
+            (at("results.rmsprop_warmup.bytes_per_param_update", 1, ".0f"),
+             at("results.rmsprop_warmup.bytes_per_param_update_and_apply", 1, ".0f"),
+             at("summary.bytes_rmsprop_warmup_over_stock", 1, ".3f"),
+             at("summary.time_rmsprop_warmup_over_stock", 1, ".3f"))),
+    Passage(PERF, OPT_CPU,
+            r"own loops: {}x the time of .*? chain, {} against {} bytes",
+            (at("summary.time_rmsprop_warmup_over_stock_wd", 1, ".3f"),
+             at("results.rmsprop_warmup_wd.bytes_per_param_update_and_apply", 1, ".0f"),
+             at("results.stock_rmsprop_warmup_wd.bytes_per_param_update_and_apply", 1, ".0f"))),
+    Passage(PERF, OPT_CPU, r"cannot move fewer than {} bytes there \({}x the floor\)",
+            (at("results.rmsprop_warmup.bytes_per_param_update", 1, ".0f"),
+             at("summary.bytes_update_over_floor", 1, ".2f"))),
+]  # fmt: skip
+
+# Numbers with units that are not measurements of ours.
+ALLOWED: list[Allowed] = [
+    Allowed("*", r"\b(?:4|8|64) MiB (?:buckets|row|\(lmsgd's choice\))|former launchers: 64 MiB"
+            r"|\b(?:4|8) MiB(?= \+|\s*$| \|)", "XLA's all-reduce combine threshold (a flag value)"),
+    Allowed("README.md", r"\b\dx its scaled rate", "the sweep's learning-rate multiple"),
+    Allowed("docs/scaling_out.md", r"with a 3 s\s+timeout|\(300 s in the templates\)",
+            "timeouts the code and templates set"),
+    Allowed("docs/scaling_out.md", r"about 100 MB in float32, 50 MB in bfloat16",
+            "25.6M parameters x 4 and x 2 bytes (arithmetic)"),
+    Allowed("docs/scaling_out.md", r"within 1% of the exact mean|coherent: every device near "
+            r"the same value\s+\(10% noise\)|\(≤ 1% everywhere, ≤ 5% for flat coherent\)",
+            "the bounds tests/test_allreduce_scale.py asserts; a test distribution's definition"),
+    Allowed("docs/scaling_out.md", r"and the wire is 4 bytes",
+            "float32, what XLA:CPU promotes bfloat16 collectives to"),
+]  # fmt: skip
+
+# Figures not sourced here yet, each with why: the test keeps this list from growing.
+PENDING: list[Allowed] = [
+    Allowed("README.md", r"^09:3\d:\d\d .*$",
+            "the default run's printed lines, an example of the output (re-measured with "
+            "results/default_run)"),
+    Allowed("README.md", r"^\| train step vs (?:a Flax-ImageNet-style baseline|the baseline).*$",
+            "ours vs the Flax baseline (bench step, bench step --target): re-measured and "
+            "sourced with the BN and baseline work"),
+]  # fmt: skip
+
+# (page, section heading): sections whose figures are sourced elsewhere or not yet.
+EXEMPT: set[tuple[str, str]] = set()
