@@ -8,8 +8,28 @@ import pytest
 
 from tests.test_launch import REPO
 
-COMMANDS = ["lmsgd.train", "lmsgd.evaluate", "lmsgd.plan", "lmsgd.bench", "lmsgd.data.prepare",
-            "lmsgd.layout"]  # fmt: skip
+
+
+def module_commands() -> list[str]:
+    """Every `python -m lmsgd...` command: packages with a __main__.py and modules that run
+    as a script (`if __name__ == "__main__"`)."""
+    found = set()
+    for path in (REPO / "lmsgd").rglob("*.py"):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        if path.name == "__main__.py":
+            found.add(".".join(parts[:-1]))
+        elif 'if __name__ == "__main__"' in path.read_text():
+            found.add(".".join(parts))
+    return sorted(found)
+
+
+COMMANDS = module_commands()
+
+
+def test_every_module_command_is_found():
+    assert {"lmsgd.train", "lmsgd.evaluate", "lmsgd.plan", "lmsgd.bench", "lmsgd.data.prepare",
+            "lmsgd.layout", "lmsgd.models", "lmsgd.experiments.large_batch",
+            "lmsgd.experiments.sweep"} <= set(COMMANDS)  # fmt: skip
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
