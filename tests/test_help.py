@@ -9,7 +9,6 @@ import pytest
 from tests.test_launch import REPO
 
 
-
 def module_commands() -> list[str]:
     """Every `python -m lmsgd...` command: packages with a __main__.py and modules that run
     as a script (`if __name__ == "__main__"`)."""
