@@ -1060,6 +1060,50 @@ PASSAGES += [
         ),
     ),
 ]
+
+# docs/performance.md's accumulation table: python -m lmsgd.bench step --quick --no_baseline
+# --accumulation_steps K --steps 6 --warmup 2 --rounds 2 --json results/bench/accumulation_kK.json
+BENCH = "results/bench"
+
+
+def _acc(k: int, field: str, scale: float = 1.0, fmt: str = ".1f", rel: bool = False):
+    def value(runs: dict) -> str:
+        x = runs[f"accumulation_k{k}"]["results"]["ours"][field]
+        if rel:
+            return format((x / runs["accumulation_k1"]["results"]["ours"][field] - 1) * 100, fmt)
+        return format(x * scale, fmt)
+
+    return value
+
+
+def _acc_speedup(k: int) -> Callable[[dict], str]:
+    def value(runs: dict) -> str:
+        ips = [runs[f"accumulation_k{x}"]["results"]["ours"]["images_per_s"] for x in (k, 1)]
+        return f"{ips[0] / ips[1]:.2f}"
+
+    return value
+
+
+def _acc_row(k: int) -> Passage:
+    growth = r" \(\+{}%\)" if k > 1 else ""
+    return Passage(
+        PERF,
+        BENCH,
+        rf"(?m)^\| {k} \| {{}} \| {{}} \| {{}} \| {{}} \| {{}} MiB{growth} \| {{}} MiB \| {{}} \|$",
+        (
+            _acc(k, "images_per_step", 1, "d"),
+            _acc(k, "step_s_median", MS, ",.0f"),
+            _acc(k, "images_per_s", 1, ",.0f"),
+            _acc_speedup(k),
+            _acc(k, "memory_bytes_per_device", MiB),
+            *((_acc(k, "memory_bytes_per_device", fmt=".0f", rel=True),) if k > 1 else ()),
+            _acc(k, "temp_bytes_per_device", MiB),
+            _acc(k, "minor_faults_per_step", 1, ",.0f"),
+        ),
+    )
+
+
+PASSAGES += [_acc_row(k) for k in (1, 2, 4, 8)]
 BLOCKS: list[Block] = [
     Block(PERF, OPT_CPU, "python -m lmsgd.bench optimizer", _suite("lmsgd.bench.optimizer")),
 ]
