@@ -410,7 +410,14 @@ def unsourced(pages: Mapping[str, str] | None = None) -> list[str]:
 
 # --- what is scanned and what is not a measurement of ours -----------------------------------
 
-SCANNED = ["README.md", "docs/performance.md", "docs/planning.md", "docs/scaling_out.md"]
+SCANNED = [
+    "README.md",
+    "docs/performance.md",
+    "docs/planning.md",
+    "docs/scaling_out.md",
+    "docs/optimizer.md",
+    "docs/architecture.md",
+]
 
 H100 = "results/plan/akiba32k_h100_8x16_bf16_b4096.json"  # the acceptance command, planning.md
 SWEEP = "results/sweep/runs"  # python -m lmsgd.experiments.large_batch --preset sweep
@@ -1104,6 +1111,88 @@ def _acc_row(k: int) -> Passage:
 
 
 PASSAGES += [_acc_row(k) for k in (1, 2, 4, 8)]
+OPTIM, ARCH = "docs/optimizer.md", "docs/architecture.md"
+_OPT = "results.rmsprop_warmup."
+
+
+def _tpu(variant: str, part: str, field: str) -> Callable[[dict], str]:
+    return at(f"results.{variant}.{part}.{field}", 1, ".2f")
+
+
+PASSAGES += [
+    Passage(
+        OPTIM,
+        OPT_CPU,
+        r"\({} bytes per float32 parameter on XLA:CPU",
+        (at(_OPT + "bytes_per_param_update", 1, ".0f"),),
+    ),
+    Passage(
+        OPTIM,
+        OPT_CPU,
+        r"a cheaper update \({} instead of {} bytes per parameter",
+        (
+            at(_OPT + "bytes_per_param_update", 1, ".0f"),
+            at("results.rmsprop_warmup_eta0.bytes_per_param_update", 1, ".0f"),
+        ),
+    ),
+    Passage(
+        OPTIM,
+        OPT_CPU,
+        r"`rmsprop_warmup` moves {} / {} bytes per parameter on XLA:CPU .*?"
+        r"floor {} / {}\)",
+        (
+            at(_OPT + "bytes_per_param_update", 1, ".0f"),
+            at(_OPT + "bytes_per_param_update_and_apply", 1, ".0f"),
+            at(_OPT + "floor_bytes_per_param.update", 1, ".0f"),
+            at(_OPT + "floor_bytes_per_param.update_and_apply", 1, ".0f"),
+        ),
+    ),
+    Passage(
+        OPTIM,
+        OPT_TPU,
+        r"compiled for one TPU v5p chip, {} / {}:",
+        (
+            _tpu("rmsprop_warmup", "update", "fused_bytes_per_param"),
+            _tpu("rmsprop_warmup", "update_and_apply", "fused_bytes_per_param"),
+        ),
+    ),
+    Passage(
+        ARCH,
+        OPT_CPU,
+        r"on XLA:CPU it moves {} bytes per parameter per update, .*? \({} "
+        r"bytes with the update applied, against {} for",
+        (
+            at(_OPT + "bytes_per_param_update", 1, ".0f"),
+            at("results.rmsprop_warmup_wd.bytes_per_param_update_and_apply", 1, ".0f"),
+            at("results.stock_rmsprop_warmup_wd.bytes_per_param_update_and_apply", 1, ".0f"),
+        ),
+    ),
+    Passage(
+        ARCH,
+        OPT_TPU,
+        r"kernel at the floor: {} bytes per parameter, {} with the update applied",
+        (
+            at("results.rmsprop_warmup.update.fused_bytes_per_param", 1, ".0f"),
+            at("results.rmsprop_warmup.update_and_apply.fused_bytes_per_param", 1, ".0f"),
+        ),
+    ),
+    Passage(
+        ARCH,
+        SCALE,
+        r"\(at most {}% error against up to {}% for flat;",
+        (_max_error("two_dimensional", "float16", ALL), _max_error("flat", "float16", ALL)),
+    ),
+    Passage(
+        "README.md",
+        OPT_TPU,
+        r"at the memory floor: {} bytes per parameter \({} with the update "
+        r"applied\)",
+        (
+            at("results.rmsprop_warmup.update.fused_bytes_per_param", 1, ".0f"),
+            at("results.rmsprop_warmup.update_and_apply.fused_bytes_per_param", 1, ".0f"),
+        ),
+    ),
+]
 BLOCKS: list[Block] = [
     Block(PERF, OPT_CPU, "python -m lmsgd.bench optimizer", _suite("lmsgd.bench.optimizer")),
 ]
@@ -1155,6 +1244,8 @@ ALLOWED: list[Allowed] = [
         "XLA's all-reduce combine threshold (a flag value)",
     ),
     Allowed(PERF, r"one 4 KiB page", "the page size"),
+    Allowed(ARCH, r"takes more than about 20 s on 2 cores", "the slow-test threshold (a rule)"),
+    Allowed(ARCH, r"a doubled reduction would fail them by 8x", "8 devices (arithmetic)"),
     Allowed(PLAN, r"50 Gbit/s Ethernet", "a published network specification"),
     Allowed(
         PLAN,
