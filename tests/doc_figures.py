@@ -1193,8 +1193,26 @@ PASSAGES += [
         ),
     ),
 ]
+PASSAGES += [
+    Passage(
+        PERF,
+        OPT_TPU,
+        r"\*\*the floor, {}x\*\*, for every variant",
+        (
+            lambda d: (
+                f"{max(r['update_and_apply']['over_floor'] for r in d['results'].values()):.2f}"
+            ),
+        ),
+    ),
+]
 BLOCKS: list[Block] = [
     Block(PERF, OPT_CPU, "python -m lmsgd.bench optimizer", _suite("lmsgd.bench.optimizer")),
+    Block(
+        PERF,
+        OPT_TPU,
+        "python -m lmsgd.bench optimizer --target tpu:v5p:2x2x1",
+        _suite("lmsgd.bench.optimizer", "print_target_table"),
+    ),
 ]
 PASSAGES += [
     Passage(
