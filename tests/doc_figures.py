@@ -7,7 +7,8 @@ table to the file it printed it from (the page may keep a subset of the columns 
 `problems(pages)` lists every quote that differs from its file (or a page that no longer
 quotes it); `unsourced(pages)` lists every number with a unit of measurement (ms, s, GiB, %,
 x ratios, img/s, GFLOP, ...) that no quote covers and `ALLOWED` does not name;
-tests/test_docs.py runs both over the pages.
+tests/test_docs.py runs both over the pages. After a re-measurement,
+`python tests/doc_figures.py --fix` rewrites the registered quotes from their files.
 """
 
 from __future__ import annotations
@@ -575,6 +576,7 @@ def _suite(module: str, printer: str = "print_table") -> Callable[[dict], str]:
 
 OPT_CPU = "results/bench/optimizer_cpu_resnet50.json"  # python -m lmsgd.bench optimizer
 OPT_TPU = "results/bench/optimizer_tpu_v5p.json"  # ... optimizer --target tpu:v5p:2x2x1
+ALLREDUCE = "results/bench/allreduce_cpu8_resnet50.json"  # python -m lmsgd.bench allreduce
 PERF = "docs/performance.md"
 PLAN = "docs/planning.md"
 PASSAGES += [
@@ -1205,8 +1207,77 @@ PASSAGES += [
         ),
     ),
 ]
+
+
+def _gradient_bytes(dtype: str) -> Callable[[dict], str]:
+    """Lowered bytes of the fused flat gradient all-reduce in `dtype` (MiB, as printed)."""
+
+    def value(d: dict) -> str:
+        row = next(
+            r
+            for r in d["results"]
+            if r["kind"] == "gradient"
+            and r["fuse"]
+            and r["algorithm"] == "flat"
+            and r["dtype"] == dtype
+        )
+        return f"{row['lowered']['bytes'] * MiB:.1f}"
+
+    return value
+
+
+PASSAGES += [
+    Passage(
+        PERF,
+        ALLREDUCE,
+        r"in the lowered program \({} MiB against {} MiB\)",
+        (_gradient_bytes("float16"), _gradient_bytes("float32")),
+    ),
+]
+
+
+def _goodput_row(label: str, part: str, bold: bool = False) -> Passage:
+    """A row of docs/resuming.md's table: seconds and share of the default run's wall time."""
+    share = r"\*\*{}%\*\*" if bold else "{}%"
+    label = label.replace("(", r"\(").replace(")", r"\)")
+
+    def seconds(d: dict) -> str:
+        g = d["goodput"]
+        return f"{g['unaccounted_s'] if part == 'unaccounted' else g['parts_s'][part]:.1f}"
+
+    def fraction(d: dict) -> str:
+        g = d["goodput"]
+        x = g["unaccounted_s"] if part == "unaccounted" else g["parts_s"][part]
+        return f"{x / g['wall_s'] * 100:.1f}"
+
+    return Passage(
+        "docs/resuming.md",
+        DEFAULT.format(0),
+        rf"(?m)^\| {label} \| {{}} \| {share} \|$",
+        (seconds, fraction),
+    )
+
+
+PASSAGES += [
+    _goodput_row("imports (interpreter, JAX, flags)", "imports"),
+    _goodput_row("build", "build"),
+    _goodput_row("restore (here: a new run, so initialization)", "restore"),
+    _goodput_row("compile (train step, init, eval, evaluation statistics, small ops)", "compile"),
+    _goodput_row("train steps", "train_steps", bold=True),
+    _goodput_row("eval (8 evaluations of 360 images)", "eval"),
+    _goodput_row("checkpoint (blocking part of the saves and the final wait)", "checkpoint"),
+    _goodput_row("data waits", "data_wait"),
+    _goodput_row("unaccounted", "unaccounted"),
+    Passage(
+        "docs/resuming.md",
+        DEFAULT.format(0),
+        r"\| \*\*wall\*\* \| \*\*{}\*\* \|",
+        (at("goodput.wall_s"),),
+    ),
+]
 BLOCKS: list[Block] = [
     Block(PERF, OPT_CPU, "python -m lmsgd.bench optimizer", _suite("lmsgd.bench.optimizer")),
+    Block(PERF, ALLREDUCE, "python -m lmsgd.bench allreduce", _suite("lmsgd.bench.allreduce")),
     Block(
         PERF,
         OPT_TPU,
@@ -1353,3 +1424,43 @@ EXEMPT: dict[tuple[str, str], str] = {
     (PLAN, "Hardware table"): "vendors' published specifications (lmsgd/plan/hardware.py, each "
     "with its source)",
 }
+
+
+def fix() -> list[str]:
+    """Rewrites every registered quote (figures and passages) on the pages to the value its
+    results file gives; returns what changed. For after a re-measurement:
+    `python tests/doc_figures.py --fix`, then read the diff."""
+    pages, changed = _pages(), []
+    edits: dict[str, list[tuple[int, int, str]]] = {}
+    for figure in FIGURES:
+        want = figure.value(load(figure.results))
+        for page, pattern in figure.quotes.items():
+            for m in re.finditer(pattern, pages[page]):
+                edits.setdefault(page, []).append((*m.span(1), want))
+    for passage in PASSAGES:
+        if not (REPO / passage.results).exists():
+            continue
+        try:
+            want = [v and v(load(passage.results)) for v in passage.values]
+        except KeyError:
+            continue
+        for m in re.finditer(passage.regex(), pages[passage.page], re.S):
+            edits.setdefault(passage.page, []).extend(
+                (*m.span(i + 1), w) for i, w in enumerate(want) if w is not None
+            )
+    for page, spans in edits.items():
+        text = pages[page]
+        for start, end, want in sorted(set(spans), reverse=True):
+            if text[start:end] != want:
+                changed.append(f"{page}: {text[start:end]} -> {want}")
+                text = text[:start] + want + text[end:]
+        (REPO / page).write_text(text)
+    return changed
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--fix"]:
+        print("\n".join(fix()) or "nothing to change")
+    print("\n".join(problems() + unsourced()) or "every figure matches its results file")
