@@ -307,13 +307,15 @@ def problems(pages: Mapping[str, str] | None = None) -> list[str]:
         if passage.page not in pages:
             continue
         if not (REPO / passage.results).exists():
-            out.append(f"{passage.page}: {passage.results} is missing")
+            if passage.results not in AWAITING:
+                out.append(f"{passage.page}: {passage.results} is missing")
             continue
         record = load(passage.results)
         try:
             want = [v and v(record) for v in passage.values]
         except KeyError as e:  # a file of a folder, or a field, that is not there
-            out.append(f"{passage.page}: {passage.results}: no {e}")
+            if not any(_stem(a) == e.args[0] for a in AWAITING):
+                out.append(f"{passage.page}: {passage.results}: no {e}")
             continue
         found = list(re.finditer(passage.regex(), pages[passage.page], re.S))
         if not found:
@@ -327,7 +329,8 @@ def problems(pages: Mapping[str, str] | None = None) -> list[str]:
             ]
     for block in BLOCKS:
         if block.page in pages and not (REPO / block.results).exists():
-            out.append(f"{block.page}: {block.results} is missing")
+            if block.results not in AWAITING:
+                out.append(f"{block.page}: {block.results} is missing")
         elif block.page in pages:
             out += _block_problems(block, pages[block.page])
     return out
@@ -1413,6 +1416,10 @@ PENDING: list[Allowed] = [
         "sourced with the BN and baseline work",
     ),
 ]
+
+# Results files a registered quote reads that have not been (re)made yet: their quotes are
+# checked as soon as the file is committed (each command is next to its constant above).
+AWAITING: set[str] = set()
 
 # (page, section heading) -> why its figures are not checked here.
 EXEMPT: dict[tuple[str, str], str] = {

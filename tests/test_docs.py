@@ -113,9 +113,11 @@ def test_every_figure_with_a_unit_is_sourced_or_allowed():
     from tests import doc_figures
 
     assert doc_figures.unsourced() == []
-    pending = [a for a in doc_figures.PENDING] + [
-        k for k, why in doc_figures.EXEMPT.items() if why.startswith("pending")
-    ]
+    pending = (
+        [a for a in doc_figures.PENDING]
+        + [k for k, why in doc_figures.EXEMPT.items() if why.startswith("pending")]
+        + sorted(doc_figures.AWAITING)
+    )
     assert len(pending) <= PENDING_AT_MOST, pending
 
 
