@@ -1236,6 +1236,12 @@ PASSAGES += [
         r"in the lowered program \({} MiB against {} MiB\)",
         (_gradient_bytes("float16"), _gradient_bytes("float32")),
     ),
+    Passage(
+        PERF,
+        ALLREDUCE,
+        r"load average {} on the 2 cores during the run",
+        (at("hardware.load_average_1m"),),
+    ),
 ]
 
 
