@@ -1115,7 +1115,14 @@ def _acc_row(k: int) -> Passage:
     )
 
 
-PASSAGES += [_acc_row(k) for k in (1, 2, 4, 8)]
+PASSAGES += [_acc_row(k) for k in (1, 2, 4, 8)] + [
+    Passage(
+        PERF,
+        BENCH,
+        r"From K=1 to K=8 the compiled memory grows by {}%",
+        (_acc(8, "memory_bytes_per_device", fmt=".0f", rel=True),),
+    ),
+]
 OPTIM, ARCH = "docs/optimizer.md", "docs/architecture.md"
 _OPT = "results.rmsprop_warmup."
 
