@@ -96,7 +96,7 @@ def _with_provenance(text: str) -> str:
         "versions": {"python": platform.python_version(),
                      **hardware.versions(("jax", "jaxlib", "libtpu", "jax-cuda12-plugin"))},
     }  # fmt: skip
-    return json.dumps(record, indent=2) + "\n"
+    return json.dumps(record, indent=1)
 
 
 def _usage() -> str:
