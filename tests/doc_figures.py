@@ -1031,7 +1031,7 @@ PASSAGES += [
     Passage(
         PLAN,
         THRESHOLD.format(67108864),
-        r"(?m)^\| former launchers: 64 MiB \| {} \(one of {} MB = {}% of the bytes, issued with "
+        r"(?m)^\| 64 MiB \| {} \(one of {} MB = {}% of the bytes, issued with "
         r"{}% of the compute left\) \| {}% \| {}% \|$",
         (
             at("overlap.count", 1, "d"),
@@ -1358,8 +1358,8 @@ PASSAGES += [
 ALLOWED: list[Allowed] = [
     Allowed(
         "*",
-        r"\b(?:4|8|64)\s+MiB\s+(?:all-reduce\s+)?(?:buckets|row|\(lmsgd's choice\))|former "
-        r"launchers: 64 MiB|\b(?:4|8) MiB(?= \+|\s*$| \|)",
+        r"\b(?:4|8|64)\s+MiB\s+(?:all-reduce\s+)?(?:buckets|row|\(lmsgd's choice\))"
+        r"|^\| 64 MiB \||\b(?:4|8) MiB(?= \+|\s*$| \|)",
         "XLA's all-reduce combine threshold (a flag value)",
     ),
     Allowed(PERF, r"one 4 KiB page", "the page size"),
