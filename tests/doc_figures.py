@@ -1460,7 +1460,6 @@ AWAITING: set[str] = {
     V3_E72,
     V3_E76,
     V100,  # the validation rows
-    THRESHOLD.format("4194304_analytical"),  # the overlap rows
     TPU128,
     A100,
     V5P_F32,
