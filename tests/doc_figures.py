@@ -1466,7 +1466,6 @@ AWAITING: set[str] = {
     AKIBA2017,
     GOYAL2017,
     V3_E90,
-    V3_E76,
     V100,  # the validation rows
     TPU128,
     A100,
