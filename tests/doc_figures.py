@@ -1466,7 +1466,6 @@ AWAITING: set[str] = {
     AKIBA2017,
     GOYAL2017,
     V100,  # the validation rows
-    TPU128,
     V5P_F32,
 }
 
