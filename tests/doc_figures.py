@@ -1372,6 +1372,7 @@ ALLOWED: list[Allowed] = [
         "XLA's all-reduce combine threshold (a flag value)",
     ),
     Allowed(PERF, r"one 4 KiB page", "the page size"),
+    Allowed(PERF, r"at 2x and 4x the\s+bytes|3 bytes per pixel", "dtype and pixel sizes"),
     Allowed(PERF, r"at most 8 minutes|budgeted to 8 minutes", "bench device's --budget_s default"),
     Allowed("docs/scaling_out.md", r"SIGTERM 5 minutes before", "#SBATCH --signal=TERM@300"),
     Allowed(ARCH, r"takes more than about 20 s on 2 cores", "the slow-test threshold (a rule)"),
@@ -1475,7 +1476,6 @@ EXEMPT: dict[tuple[str, str], str] = {
     "re-measured and sourced with the BN and baseline work",
     (PERF, "Compiled for GPUs, deviceless (XLA:GPU on a CPU host)"): "pending: as above",
     (PLAN, "GPU and TPU step benchmarks"): "pending: as above",
-    (PERF, "The input pipeline"): "pending: re-measured with the ImageNet input work",
     (PLAN, "Hardware table"): "vendors' published specifications (lmsgd/plan/hardware.py, each "
     "with its source)",
 }
