@@ -7,8 +7,9 @@ the compiled per-device program, MFU against a peak measured in the same run (a 
 in the compute dtype on every device at once), peak device memory of the compiled step and
 the collectives XLA compiled into it. "ours" is ``lmsgd.step.make_train_step`` with the paper's
 optimizer (weight decay + rmsprop_warmup, slow start); "baseline" is
-``lmsgd.bench.baseline`` (plain jit, flax nn.BatchNorm with moving averages, optax sgd with
-momentum), same architecture, timed with its state donated ("baseline") and not donated
+``lmsgd.bench.baseline`` (the Flax ImageNet example's step: per-device program, flax
+nn.BatchNorm with moving averages, float32 gradient pmean, optax sgd with momentum), same
+architecture, timed with its state donated ("baseline") and not donated
 ("baseline_nodonate", as the Flax ImageNet example runs), so ours is compared at equal
 donation. Per variant it also reports minor page faults per step (``ru_minflt`` of
 ``resource.getrusage`` around the timed steps: on XLA:CPU, freshly mapped temporaries fault
@@ -29,8 +30,8 @@ from lmsgd.bench import common
 IMAGENET_TRAIN_IMAGES = 1_281_167
 VARIANTS = {
     "ours": "lmsgd shard_map step: per-device BN stats, rmsprop_warmup, explicit all-reduce",
-    "baseline": "plain jit + NamedSharding, flax nn.BatchNorm (EMA), optax sgd momentum 0.9, "
-    "state donated",
+    "baseline": "Flax ImageNet example: per-device flax nn.BatchNorm (EMA), float32 gradient "
+    "pmean, optax sgd momentum 0.9, state donated",
     "baseline_nodonate": "the same without donation (as the Flax ImageNet example)",
 }
 

@@ -54,7 +54,9 @@ def _ours(s, args, mesh, global_batch):
     return setup.step, setup.state, setup.batch
 
 
-def _baseline(s, args, mesh, global_batch):
+def _baseline(s, args, mesh, global_batch, image_dtype=None):
+    """The baseline's step, state and batch; `image_dtype`: that of ours' images (default
+    `--dtype`), so both steps read the same input bytes."""
     import jax
     import jax.numpy as jnp
 
@@ -70,8 +72,8 @@ def _baseline(s, args, mesh, global_batch):
     state = baseline.abstract_baseline_state(model, tx, jax.random.key(0), image_shape, mesh)
     data = batch_sharding(mesh)
     batch = {
-        "image": jax.ShapeDtypeStruct((global_batch, *image_shape), jnp.dtype(args.dtype),
-                                      sharding=data),
+        "image": jax.ShapeDtypeStruct((global_batch, *image_shape),
+                                      jnp.dtype(image_dtype or args.dtype), sharding=data),
         "label": jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=data),
     }  # fmt: skip
     return baseline.make_baseline_train_step(model, tx, mesh, donate=True), state, batch
@@ -141,8 +143,13 @@ def run_target(args: argparse.Namespace, settings) -> dict[str, Any]:
         "compiler_options": {k: str(v) for k, v in options.items()},
     })  # fmt: skip
     results = {}
-    for name, build in (("ours", _ours), ("baseline", _baseline)):
-        fn, state, batch = build(s, args, mesh, global_batch)
+    image_dtype = None
+    for name in ("ours", "baseline"):
+        if name == "ours":
+            fn, state, batch = _ours(s, args, mesh, global_batch)
+            image_dtype = batch["image"].dtype
+        else:
+            fn, state, batch = _baseline(s, args, mesh, global_batch, image_dtype)
         compiled = fn.lower(state, batch).compile(compiler_options=options or None)
         results[name] = _figures(compiled, target, hw, mesh, s["per_device_batch"], args.dtype)
     o, b = results["ours"], results["baseline"]
@@ -153,6 +160,7 @@ def run_target(args: argparse.Namespace, settings) -> dict[str, Any]:
     }  # fmt: skip
     ratios["kernels"] = o["kernels"]["kernels"] / max(1, b["kernels"]["kernels"])
     record["results"] = results
+    record["image_dtype"] = str(image_dtype)  # both steps'
     record["ratios_ours_over_baseline"] = ratios
     rows = [
         ["peak memory", common.human_bytes(o["peak_bytes"]), common.human_bytes(b["peak_bytes"]),
@@ -173,7 +181,8 @@ def run_target(args: argparse.Namespace, settings) -> dict[str, Any]:
     compiler = "by XLA:GPU" if target.kind == "gpu" else "by the TPU compiler"
     print(
         f"bench step --target {target.spec}: {len(devices)} devices, {s['model']} "
-        f"{s['image_size']}px, {s['per_device_batch']} per device, {args.dtype}, compiled "
+        f"{s['image_size']}px, {s['per_device_batch']} per device, {args.dtype} compute, "
+        f"{image_dtype} images, compiled "
         f"{compiler} (per device)"
     )
     print(common.table(rows, ["", "ours", "baseline", "ours / baseline"]))
