@@ -95,6 +95,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(gpu:MODEL:GPUSxNODES, tpu:GEN:TOPOLOGY; lmsgd.bench.step_target): memory, kernels, "
         "bytes, exposed all-reduce share, no timing",
     )
+    parser.add_argument(
+        "--phases",
+        default="warmup",
+        help="with --target: ours in these phases, comma-separated, each against the same "
+        "baseline: warmup (the paper's optimizer during the RMSprop warm-up, the step of a "
+        "step that neither logs nor saves), warmup_norms (the same step with the gradient and "
+        "parameter norms, taken on steps that log), sgd (after the hand-over to momentum SGD: "
+        "no second optimizer buffer), momentum (optimizer.name='momentum')",
+    )
+    parser.add_argument(
+        "--json", default=None, help="with --target: write the JSON here (default --results_dir)"
+    )
     common.add_common_arguments(parser)
 
 
