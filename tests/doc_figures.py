@@ -118,6 +118,89 @@ FIGURES += [
 ]
 
 
+# python -m lmsgd.bench step --target T --per_device_batch B --phases ... --json FILE
+STEP_TARGET_COLUMNS = [
+    ("gpu:h100:8x1", 32, "results/step_target/gpu_h100_8x1_32.json"),
+    ("gpu:h100:8x1", 128, "results/step_target/gpu_h100_8x1_128.json"),
+    ("tpu:v5p:2x2x1", 32, "results/step_target/tpu_v5p_2x2x1_32.json"),
+    ("tpu:v5p:2x2x1", 128, "results/step_target/tpu_v5p_2x2x1_128.json"),
+]
+ALL, AT_32 = (32, 128), (32,)
+STEP_TARGET_ROWS = [  # the row's label in docs/performance.md, phase, ratio, batches
+    ("bytes accessed, warm-up", "warmup", "bytes_accessed", ALL),
+    ("peak memory, warm-up", "warmup", "peak_bytes", ALL),
+    ("bytes accessed, after the hand-over", "sgd", "bytes_accessed", ALL),
+    ("peak memory, after the hand-over", "sgd", "peak_bytes", ALL),
+    ("bytes accessed, momentum", "momentum", "bytes_accessed", AT_32),
+    ("peak memory, momentum", "momentum", "peak_bytes", AT_32),
+    ("temporaries, warm-up", "warmup", "temp_bytes", ALL),
+    ("kernels, warm-up", "warmup", "kernels", ALL),
+    ("bytes accessed, warm-up, steps that log", "warmup_norms", "bytes_accessed", AT_32),
+    ("peak memory, warm-up, steps that log", "warmup_norms", "peak_bytes", AT_32),
+    ("kernels, warm-up, steps that log", "warmup_norms", "kernels", AT_32),
+]
+
+
+def _step_target_cell(label: str, column: int) -> str:
+    """The table cell `column` (0-based, after the label) of the row `| label | ...`."""
+    return rf"\n\| {re.escape(label)} \|(?:[^|\n]*\|){{{column}}} {NUMBER} \|"
+
+
+FIGURES += (
+    [
+        Figure(
+            f"step --target {target}, {batch}/device: {label} (ours / baseline)",
+            path,
+            lambda d, phase=phase, key=key: f"{d['ratios_by_phase'][phase][key]:.2f}",
+            {"docs/performance.md": _step_target_cell(label, column)},
+        )
+        for column, (target, batch, path) in enumerate(STEP_TARGET_COLUMNS)
+        for label, phase, key, batches in STEP_TARGET_ROWS
+        if batch in batches
+    ]
+    + [
+        Figure(
+            f"step --target {target}, {batch}/device: baseline {what}",
+            path,
+            fmt,
+            {"docs/performance.md": _step_target_cell(f"baseline {what}", column)},
+        )
+        for column, (target, batch, path) in enumerate(STEP_TARGET_COLUMNS)
+        for what, fmt in (
+            ("GB accessed", lambda d: f"{d['results']['baseline']['bytes_accessed'] / 1e9:.2f}"),
+            ("peak memory, GiB", lambda d: f"{d['results']['baseline']['peak_bytes'] / 2**30:.2f}"),
+        )
+    ]
+    + [
+        Figure(
+            f"step --target {target}, {batch}/device: {label}",
+            path,
+            fmt,
+            {"docs/performance.md": _step_target_cell(label, column)},
+        )
+        for column, (target, batch, path) in enumerate(STEP_TARGET_COLUMNS)
+        for label, fmt in (
+            (
+                "all-reduces, ours (warm-up)",
+                lambda d: f"{d['results']['warmup']['allreduce']['count']}",
+            ),
+            (
+                "all-reduces, baseline",
+                lambda d: f"{d['results']['baseline']['allreduce']['count']}",
+            ),
+            (
+                "exposed all-reduce share, ours (warm-up)",
+                lambda d: f"{d['results']['warmup']['exposed_allreduce_share']:.2f}",
+            ),
+            (
+                "exposed all-reduce share, baseline",
+                lambda d: f"{d['results']['baseline']['exposed_allreduce_share']:.2f}",
+            ),
+        )  # fmt: skip
+    ]
+)
+
+
 def _pages() -> dict[str, str]:
     return {
         name: (REPO / name).read_text() for name in {page for f in FIGURES for page in f.quotes}
