@@ -141,6 +141,17 @@ STEP_TARGET_ROWS = [  # the row's label in docs/performance.md, phase, ratio, ba
 ]
 
 
+def _readme_step_quote(target: str, batch: int, phase: str, key: str) -> dict[str, str]:
+    """README's summary row quotes warm-up and after-hand-over bytes and peak memory at 32
+    per device as `GPU / TPU` pairs."""
+    if batch != 32 or phase not in ("warmup", "sgd") or key not in ("bytes_accessed", "peak_bytes"):
+        return {}
+    where = "warm-up" if phase == "warmup" else "after the hand-over to SGD"
+    what = "bytes" if key == "bytes_accessed" else "peak memory"
+    pair = rf"{NUMBER}x / [\d.]+x" if target.startswith("gpu") else rf"[\d.]+x / {NUMBER}x"
+    return {"README.md": rf"Flax ImageNet example's step, compiled.*?{where}: .*?{what} {pair}"}
+
+
 def _step_target_cell(label: str, column: int) -> str:
     """The table cell `column` (0-based, after the label) of the row `| label | ...`."""
     return rf"\n\| {re.escape(label)} \|(?:[^|\n]*\|){{{column}}} {NUMBER} \|"
@@ -152,7 +163,10 @@ FIGURES += (
             f"step --target {target}, {batch}/device: {label} (ours / baseline)",
             path,
             lambda d, phase=phase, key=key: f"{d['ratios_by_phase'][phase][key]:.2f}",
-            {"docs/performance.md": _step_target_cell(label, column)},
+            {
+                "docs/performance.md": _step_target_cell(label, column),
+                **_readme_step_quote(target, batch, phase, key),
+            },
         )
         for column, (target, batch, path) in enumerate(STEP_TARGET_COLUMNS)
         for label, phase, key, batches in STEP_TARGET_ROWS

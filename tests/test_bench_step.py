@@ -128,7 +128,7 @@ def _has(module):
 def test_step_target_compiles_ours_and_baseline_deviceless(target, tmp_path, capsys):
     args = ["step", "--target", target, "--model", "cifar_resnet8",
             "--width_multiplier", "0.25", "--per_device_batch", "2", "--image_size", "8",
-            "--dtype", "bfloat16", "--allreduce_dtype", "bfloat16",
+            "--dtype", "bfloat16", "--allreduce_dtype", "bfloat16", "--phases", "warmup,sgd",
             "--results_dir", str(tmp_path)]  # fmt: skip
     record = main(args)
     out = capsys.readouterr().out
@@ -147,6 +147,11 @@ def test_step_target_compiles_ours_and_baseline_deviceless(target, tmp_path, cap
         assert ours["flops"] == pytest.approx(base["flops"], rel=0.01)
     ratios = record["ratios_ours_over_baseline"]
     assert ratios["peak_bytes"] == pytest.approx(ours["peak_bytes"] / base["peak_bytes"])
+    # After the hand-over ours neither reads nor carries the second optimizer buffer.
+    sgd = saved["results"]["sgd"]
+    assert sgd["bytes_accessed"] < ours["bytes_accessed"]
+    assert sgd["peak_bytes"] <= ours["peak_bytes"]
+    assert record["ratios_by_phase"]["sgd"]["bytes_accessed"] < ratios["bytes_accessed"]
 
 
 def test_baseline_step_is_the_flax_examples():
