@@ -122,8 +122,6 @@ FIGURES += [
 STEP_TARGET_COLUMNS = [
     ("gpu:h100:8x1", 32, "results/step_target/gpu_h100_8x1_32.json"),
     ("gpu:h100:8x1", 128, "results/step_target/gpu_h100_8x1_128.json"),
-    ("tpu:v5p:2x2x1", 32, "results/step_target/tpu_v5p_2x2x1_32.json"),
-    ("tpu:v5p:2x2x1", 128, "results/step_target/tpu_v5p_2x2x1_128.json"),
 ]
 ALL, AT_32 = (32, 128), (32,)
 STEP_TARGET_ROWS = [  # the row's label in docs/performance.md, phase, ratio, batches
@@ -148,7 +146,7 @@ def _readme_step_quote(target: str, batch: int, phase: str, key: str) -> dict[st
         return {}
     where = "warm-up" if phase == "warmup" else "after the hand-over to SGD"
     what = "bytes" if key == "bytes_accessed" else "peak memory"
-    pair = rf"{NUMBER}x / [\d.]+x" if target.startswith("gpu") else rf"[\d.]+x / {NUMBER}x"
+    pair = rf"{NUMBER}x" if target.startswith("gpu") else rf"[\d.]+x / {NUMBER}x"
     return {"README.md": rf"Flax ImageNet example's step, compiled.*?{where}: .*?{what} {pair}"}
 
 
