@@ -27,7 +27,7 @@ from lmsgd.config import validate_config
 from lmsgd.distributed import maybe_initialize
 from lmsgd.errors import ConfigError, DataError
 from lmsgd.models import ResNet, model_from_config
-from lmsgd.optim import create_optimizer
+from lmsgd.optim import create_optimizer, handover_complete_step
 from lmsgd.parallel import batch_sharding, create_mesh
 from lmsgd.parallel.mesh import replicated
 from lmsgd.step import (
@@ -102,8 +102,9 @@ class Run:
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
         )
 
-    def train_step(self):
-        """The jitted sharded train step `(state, batch) -> (state, metrics)`."""
+    def train_step(self, *, norms: bool = True):
+        """The jitted sharded train step `(state, batch) -> (state, metrics)`; `norms=False`:
+        without the gradient and parameter norms (`make_train_step`)."""
         ar = self.config.allreduce
         return make_train_step(
             self.model,
@@ -117,7 +118,17 @@ class Run:
             accumulation_steps=self.plan.accumulation_steps,
             label_smoothing=self.config.label_smoothing,
             unroll=not self.micro_batch_loop_rolled,
+            norms=norms,
         )
+
+    @property
+    def rms_buffer_free_from(self) -> int | None:
+        """The first step whose update no longer needs `rmsprop_warmup`'s second buffer
+        (alpha_sgd = 1 from there to the end), or None (another optimizer, or no hand-over
+        in this run). The driver drops the buffer there (`lmsgd.optim.without_rms_buffer`)."""
+        if self.config.optimizer.name != "rmsprop_warmup" or "alpha_sgd" not in self.schedules:
+            return None
+        return handover_complete_step(self.schedules["alpha_sgd"], self.plan.total_steps)
 
     @property
     def micro_batch_loop_rolled(self) -> bool:

@@ -192,6 +192,7 @@ def make_train_step(
     accumulation_steps: int = 1,
     label_smoothing: float = 0.0,
     unroll: bool | int = False,
+    norms: bool = True,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Builds the jitted, sharded train step `(state, batch) -> (state, metrics)`.
 
@@ -222,6 +223,14 @@ def make_train_step(
       (global-batch means), grad_norm (of the mean gradient, before weight decay),
       param_norm (after the update), `finite` (bool: loss, gradient and the updated
       parameters and statistics all finite) and each schedule's value.
+      norms: False leaves out grad_norm and param_norm, and `finite` is the loss's alone: a
+        step that reads no buffer beyond what the update needs (the driver takes this one on
+        steps that neither log nor save, and checks the state with `make_state_check`
+        before saving it). Its state is the same, bit for bit.
+
+    An optimizer state without `rmsprop_warmup`'s second buffer (after the hand-over,
+    `lmsgd.optim.without_rms_buffer`) compiles a second program that neither reads nor
+    carries it.
     """
     axes = data_axes(mesh)
     model = bind_model_to_mesh(model, mesh)
@@ -284,7 +293,7 @@ def make_train_step(
         # elementwise producer into a reduction): a pass and a kernel per tensor more. The
         # float32 sums' squares overflow N times sooner than the mean's (mean |g| ~ 1.8e16 at
         # N = 1,024): still only steps the driver refuses anyway, as `finite` then says.
-        grad_norm = global_norm(sums) * scale
+        grad_norm = global_norm(sums) * scale if norms else None
         grads = jax.tree.map(lambda x: x * scale, sums)
         loss, acc = jax.lax.pmean((loss, acc), axes)
         return grads, grad_norm, loss, acc, pool_batch_stats(stats, axes)
@@ -303,16 +312,16 @@ def make_train_step(
         # faster (ResNet-50: ~0.7 s of ~10.6, docs/performance.md).
         updates_tx, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates_tx)
-        metrics = {
-            "loss": loss,
-            "accuracy": acc,
-            "grad_norm": grad_norm,
-            "param_norm": global_norm(params),
-        }
+        metrics = {"loss": loss, "accuracy": acc}
         metrics.update({name: fn(state.step) for name, fn in schedules.items()})
         new_state = state.replace(
             step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
         )
+        if not norms:
+            metrics["finite"] = jnp.isfinite(loss)
+            return new_state, metrics
+        metrics["grad_norm"] = grad_norm
+        metrics["param_norm"] = global_norm(params)
         # One flag for the host: the loss, the gradient and the *updated* state are finite.
         # A blown-up step can keep a finite loss while its gradient, its parameters or its
         # normalization statistics (checkpointed for evaluation) are already inf. Norms, not
@@ -337,6 +346,23 @@ def make_train_step(
         # then copied the 1-D optimizer state in and out (ResNet-50: 427 copies; now 3).
         keep_unused=True,
     )
+
+
+def make_state_check(mesh: Mesh) -> Callable[[TrainState], jax.Array]:
+    """Builds the jitted `state -> bool`: parameters, statistics and optimizer state all
+    finite (their norms, as the train step's `finite` flag). The driver runs it before saving
+    a state whose step computed no norms (`make_train_step(norms=False)`)."""
+
+    def check(state: TrainState) -> jax.Array:
+        floats = [x for x in jax.tree.leaves(state.opt_state)
+                  if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]  # fmt: skip
+        return (
+            jnp.isfinite(global_norm(state.params))
+            & jnp.isfinite(global_norm(state.batch_stats))
+            & jnp.isfinite(global_norm(floats))
+        )
+
+    return jax.jit(check, out_shardings=replicated(mesh))
 
 
 def make_eval_step(model: nn.Module, mesh: Mesh) -> Callable[[TrainState, Batch], Metrics]:

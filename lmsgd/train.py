@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from lmsgd import evaluation, resume
@@ -29,8 +30,15 @@ from lmsgd.errors import NonFiniteLossError
 from lmsgd.goodput import Goodput
 from lmsgd.metric_logging import create_writer, drop_metrics_after
 from lmsgd.models.summary import count_params
+from lmsgd.optim import (
+    RMSpropWarmupState,
+    has_rms_buffer,
+    with_rms_buffer,
+    without_rms_buffer,
+)
 from lmsgd.progress import Profile, ReportProgress
 from lmsgd.run import Run, build, setup_devices
+from lmsgd.step import make_state_check
 from lmsgd.workdir import (
     WorkdirLock,
     check_compatible,
@@ -152,12 +160,72 @@ def _open_workdir(run: Run, workdir: str, stack: contextlib.ExitStack, layout: r
     return state, start_step, ckpt, writer
 
 
-def _compile_train_step(run: Run, state: Any, batch: Any) -> tuple[Any, float, float]:
-    """The run's one compilation of the train step: ``(compiled, seconds, FLOPs per global
+class _Programs:
+    """The run's compiled train steps, each compiled when first needed: with the norms (steps
+    that log) or without (the others), and with or without `rmsprop_warmup`'s second buffer
+    (before or after the hand-over). At most four; a run that logs every step, or never
+    reaches the hand-over, compiles fewer. Every one of them computes the same state."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self._compiled: dict[tuple[bool, bool], Any] = {}
+        self.seconds = 0.0
+
+    def ready(self, state: Any, *, norms: bool) -> bool:
+        return (has_rms_buffer(state.opt_state), norms) in self._compiled
+
+    def get(self, state: Any, batch: Any, *, norms: bool) -> Any:
+        key = (has_rms_buffer(state.opt_state), norms)
+        if key not in self._compiled:
+            t0 = time.perf_counter()
+            self._compiled[key] = self.run.train_step(norms=norms).lower(state, batch).compile()
+            seconds = time.perf_counter() - t0
+            self.seconds += seconds
+            if self._compiled.keys() != {key}:
+                log.info(
+                    "compiled the train step %s norms, %s the second optimizer buffer in %.1fs",
+                    "with" if norms else "without",
+                    "with" if key[0] else "without",
+                    seconds,
+                )
+        return self._compiled[key]
+
+
+def _without_rms_buffer(state: Any) -> Any:
+    return state.replace(opt_state=without_rms_buffer(state.opt_state))
+
+
+def _checkpoint_layout(run: Run) -> Any:
+    """`state -> state` as checkpoints hold it: after the hand-over, the dropped second
+    buffer saved as zeros (never read again), so every checkpoint of a run has one layout and
+    resumes on either side of the hand-over."""
+    template = run.abstract_state()
+    if not has_rms_buffer(template.opt_state):
+        return lambda state: state
+    is_state = lambda x: isinstance(x, RMSpropWarmupState)
+    ms = [x.m for x in jax.tree.leaves(template.opt_state, is_leaf=is_state) if is_state(x)]
+    zeros = jax.jit(
+        lambda: jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), ms),
+        out_shardings=jax.tree.map(lambda t: t.sharding, ms),
+    )
+
+    def layout(state: Any) -> Any:
+        if has_rms_buffer(state.opt_state):
+            return state
+        filled = iter(zeros())
+        return state.replace(opt_state=with_rms_buffer(state.opt_state, lambda _: next(filled)))
+
+    return layout
+
+
+def _compile_train_step(
+    run: Run, programs: _Programs, state: Any, batch: Any, *, norms: bool
+) -> tuple[Any, float, float]:
+    """The run's first compilation of the train step: ``(compiled, seconds, FLOPs per global
     step)``, FLOPs from XLA's cost analysis of the per-device program."""
     config, plan = run.config, run.plan
     t0 = time.perf_counter()
-    compiled = run.train_step().lower(state, batch).compile()
+    compiled = programs.get(state, batch, norms=norms)
     compile_s = time.perf_counter() - t0
     cost = compiled.cost_analysis()
     flops_per_step = float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))
@@ -226,8 +294,20 @@ def train_and_evaluate(
             eval_step = run.eval_step()
         with gp.phase("data_wait"):
             batch = next(batches)
+        rms_free_from = run.rms_buffer_free_from
+        if rms_free_from is not None and start_step >= rms_free_from:
+            state = _without_rms_buffer(state)
+        programs = _Programs(run)
+        state_check = make_state_check(run.mesh)
+        checkpoint_layout = _checkpoint_layout(run)
+
+        def logs(at_step: int) -> bool:
+            return at_step % config.logging.every_steps == 0 or at_step == plan.total_steps
+
         with gp.phase("compile"):
-            compiled, compile_s, flops_per_step = _compile_train_step(run, state, batch)
+            compiled, compile_s, flops_per_step = _compile_train_step(
+                run, programs, state, batch, norms=logs(start_step + 1)
+            )
         hooks = _step_hooks(config, writer, workdir, stack)
 
         def last_committed() -> str:
@@ -236,13 +316,19 @@ def train_and_evaluate(
             ckpt.wait()
             return f"{ckpt.latest_step()} in {ckpt.directory}"
 
-        def check(at_step: int, metrics: dict) -> None:
-            if not bool(metrics["finite"]):
+        def check(at_step: int, metrics: dict, state: Any = None) -> None:
+            """Raises on a non-finite loss; with `state`, also on a non-finite state that
+            the step did not check itself (a step without norms checks only its loss)."""
+            finite = bool(metrics["finite"])
+            if finite and state is not None and "param_norm" not in metrics:
+                finite = bool(state_check(state))
+            if not finite:
+                norm = metrics.get("grad_norm")
                 raise NonFiniteLossError(
-                    f"non-finite loss or state at step {at_step} (loss {float(metrics['loss'])}, "
-                    f"gradient norm {float(metrics['grad_norm'])}); nothing from it was saved. "
-                    f"Last good checkpoint: {last_committed()}. Lower the learning rate or "
-                    "check the data."
+                    f"non-finite loss or state at step {at_step} (loss {float(metrics['loss'])}"
+                    + (f", gradient norm {float(norm)}" if norm is not None else "")
+                    + f"); nothing from it was saved. Last good checkpoint: {last_committed()}. "
+                    "Lower the learning rate or check the data."
                 )
 
         step, pending, metrics, early = start_step, None, None, None
@@ -251,6 +337,12 @@ def train_and_evaluate(
         t_start = time.perf_counter()
         with gp.phase("train_steps"):
             while step < plan.total_steps:
+                if rms_free_from is not None and step == rms_free_from:
+                    state = _without_rms_buffer(state)  # its buffers are freed here
+                if not programs.ready(state, norms=logs(step + 1)):
+                    with gp.phase("compile"):
+                        programs.get(state, batch, norms=logs(step + 1))
+                compiled = programs.get(state, batch, norms=logs(step + 1))
                 state, metrics = compiled(state, batch)
                 step += 1
                 if pending is not None:  # the previous step is done: check it without a stall
@@ -273,9 +365,9 @@ def train_and_evaluate(
                     ckpt is not None and jax.process_count() > 1 and ckpt.reached_preemption(step)
                 )
                 if ckpt is not None and (stop or ckpt.should_save(step)):
-                    check(step, metrics)  # never save a bad state
+                    check(step, metrics, state)  # never save a bad state
                     with gp.phase("checkpoint"):
-                        ckpt.save(step, state, config, force=True)
+                        ckpt.save(step, checkpoint_layout(state), config, force=True)
                 if stop:
                     saved = (
                         f"saved step {step}" if ckpt else "checkpoints are disabled: nothing saved"
@@ -312,7 +404,9 @@ def train_and_evaluate(
         wall = time.perf_counter() - t_start
         with gp.phase("checkpoint"):
             if ckpt is not None and ckpt.latest_step() != step:
-                ckpt.save(step, state, config, force=True)
+                if metrics is not None:
+                    check(step, metrics, state)
+                ckpt.save(step, checkpoint_layout(state), config, force=True)
             if ckpt is not None:
                 ckpt.wait()  # committed before the summary says so
         with gp.phase("eval"):

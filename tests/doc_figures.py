@@ -127,6 +127,49 @@ FIGURES += [
 ]
 
 
+def _peak_gap(a: str, b: str, unit: str, fmt: str) -> Callable[[dict], str]:
+    """results[a] - results[b] peak memory, in MiB or as a share of the baseline's peak."""
+
+    def value(d: dict) -> str:
+        r = d["results"]
+        gap = r[a]["peak_bytes"] - r[b]["peak_bytes"]
+        return fmt.format(gap / 2**20 if unit == "MiB" else 100 * gap / r["baseline"]["peak_bytes"])
+
+    return value
+
+
+def _bytes(d: dict, phase: str) -> float:
+    return d["results"][phase]["bytes_accessed"]
+
+
+GPU32 = "results/step_target/gpu_h100_8x1_32.json"
+GPU128 = "results/step_target/gpu_h100_8x1_128.json"
+_P = "docs/performance.md"
+FIGURES += [
+    Figure("step --target gpu 32: m's peak memory (MiB)", GPU32,
+           _peak_gap("warmup", "sgd", "MiB", "{:.1f}"),
+           {_P: rf"warm-up's peak\s+memory is {NUMBER} MiB above"}),
+    Figure("step --target gpu 32: m's share of the baseline peak (%)", GPU32,
+           _peak_gap("warmup", "sgd", "%", "{:.1f}"),
+           {_P: rf"MiB above the peak after the hand-over, {NUMBER}% of"}),
+    Figure("step --target gpu 128: m's share of the baseline peak (%)", GPU128,
+           _peak_gap("warmup", "sgd", "%", "{:.1f}"),
+           {_P: rf"at 128 per GPU it is {NUMBER}% \(1.02\)"}),
+    Figure("step --target gpu 32: norms' bytes (GB)", GPU32,
+           lambda d: f"{(_bytes(d, 'warmup_norms') - _bytes(d, 'warmup')) / 1e9:.2f}",
+           {_P: rf"XLA:GPU {NUMBER} GB and [\d.]+ MiB of peak memory"}),
+    Figure("step --target gpu 32: norms' peak memory (MiB)", GPU32,
+           _peak_gap("warmup_norms", "warmup", "MiB", "{:.1f}"),
+           {_P: rf"XLA:GPU [\d.]+ GB and {NUMBER} MiB of peak memory"}),
+    Figure("step --target gpu 32: peak above the baseline after the hand-over (MiB)", GPU32,
+           _peak_gap("sgd", "baseline", "MiB", "{:.1f}"),
+           {_P: rf"peak memory is\s+{NUMBER} MiB \([\d.]+%\) above the baseline's"}),
+    Figure("step --target gpu 32: peak above the baseline after the hand-over (%)", GPU32,
+           _peak_gap("sgd", "baseline", "%", "{:.1f}"),
+           {_P: rf"MiB \({NUMBER}%\) above the baseline's"}),
+]  # fmt: skip
+
+
 INPUT = "lmsgd/plan/input_rates.json"  # python -m lmsgd.bench input (the planner reads it)
 INPUT_PATHS = ("decode_and_crop", "decode_then_crop", "resize_crop", "tfds_image_folder",
                "tfrecord", "dct_scaled", "preresized", "cached", "preresized_cached")  # fmt: skip
@@ -278,6 +321,101 @@ def load(results: str) -> dict:
     if path.is_dir():
         return {f.stem: json.loads(f.read_text()) for f in sorted(path.glob("*.json"))}
     return json.loads(path.read_text())
+
+
+# python -m lmsgd.bench step --target T --per_device_batch B --phases ... --json FILE
+STEP_TARGET_COLUMNS = [
+    ("gpu:h100:8x1", 32, "results/step_target/gpu_h100_8x1_32.json"),
+    ("gpu:h100:8x1", 128, "results/step_target/gpu_h100_8x1_128.json"),
+]
+ALL, AT_32 = (32, 128), (32,)
+STEP_TARGET_ROWS = [  # the row's label in docs/performance.md, phase, ratio, batches
+    ("bytes accessed, warm-up", "warmup", "bytes_accessed", ALL),
+    ("peak memory, warm-up", "warmup", "peak_bytes", ALL),
+    ("bytes accessed, after the hand-over", "sgd", "bytes_accessed", ALL),
+    ("peak memory, after the hand-over", "sgd", "peak_bytes", ALL),
+    ("bytes accessed, momentum", "momentum", "bytes_accessed", AT_32),
+    ("peak memory, momentum", "momentum", "peak_bytes", AT_32),
+    ("temporaries, warm-up", "warmup", "temp_bytes", ALL),
+    ("kernels, warm-up", "warmup", "kernels", ALL),
+    ("bytes accessed, warm-up, steps that log", "warmup_norms", "bytes_accessed", AT_32),
+    ("peak memory, warm-up, steps that log", "warmup_norms", "peak_bytes", AT_32),
+    ("kernels, warm-up, steps that log", "warmup_norms", "kernels", AT_32),
+]
+
+
+def _readme_step_quote(target: str, batch: int, phase: str, key: str) -> dict[str, str]:
+    """README's summary row quotes warm-up and after-hand-over bytes and peak memory at 32
+    per device as `GPU / TPU` pairs."""
+    if batch != 32 or phase not in ("warmup", "sgd") or key not in ("bytes_accessed", "peak_bytes"):
+        return {}
+    where = "warm-up" if phase == "warmup" else "after the hand-over to SGD"
+    what = "bytes" if key == "bytes_accessed" else "peak memory"
+    pair = rf"{NUMBER}x" if target.startswith("gpu") else rf"[\d.]+x / {NUMBER}x"
+    return {"README.md": rf"Flax ImageNet example's step, compiled.*?{where}: .*?{what} {pair}"}
+
+
+def _step_target_cell(label: str, column: int) -> str:
+    """The table cell `column` (0-based, after the label) of the row `| label | ...`."""
+    return rf"\n\| {re.escape(label)} \|(?:[^|\n]*\|){{{column}}} {NUMBER} \|"
+
+
+FIGURES += (
+    [
+        Figure(
+            f"step --target {target}, {batch}/device: {label} (ours / baseline)",
+            path,
+            lambda d, phase=phase, key=key: f"{d['ratios_by_phase'][phase][key]:.2f}",
+            {
+                "docs/performance.md": _step_target_cell(label, column),
+                **_readme_step_quote(target, batch, phase, key),
+            },
+        )
+        for column, (target, batch, path) in enumerate(STEP_TARGET_COLUMNS)
+        for label, phase, key, batches in STEP_TARGET_ROWS
+        if batch in batches
+    ]
+    + [
+        Figure(
+            f"step --target {target}, {batch}/device: baseline {what}",
+            path,
+            fmt,
+            {"docs/performance.md": _step_target_cell(f"baseline {what}", column)},
+        )
+        for column, (target, batch, path) in enumerate(STEP_TARGET_COLUMNS)
+        for what, fmt in (
+            ("GB accessed", lambda d: f"{d['results']['baseline']['bytes_accessed'] / 1e9:.2f}"),
+            ("peak memory, GiB", lambda d: f"{d['results']['baseline']['peak_bytes'] / 2**30:.2f}"),
+        )
+    ]
+    + [
+        Figure(
+            f"step --target {target}, {batch}/device: {label}",
+            path,
+            fmt,
+            {"docs/performance.md": _step_target_cell(label, column)},
+        )
+        for column, (target, batch, path) in enumerate(STEP_TARGET_COLUMNS)
+        for label, fmt in (
+            (
+                "all-reduces, ours (warm-up)",
+                lambda d: f"{d['results']['warmup']['allreduce']['count']}",
+            ),
+            (
+                "all-reduces, baseline",
+                lambda d: f"{d['results']['baseline']['allreduce']['count']}",
+            ),
+            (
+                "exposed all-reduce share, ours (warm-up)",
+                lambda d: f"{d['results']['warmup']['exposed_allreduce_share']:.2f}",
+            ),
+            (
+                "exposed all-reduce share, baseline",
+                lambda d: f"{d['results']['baseline']['exposed_allreduce_share']:.2f}",
+            ),
+        )  # fmt: skip
+    ]
+)
 
 
 def _pages() -> dict[str, str]:

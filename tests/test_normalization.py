@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lmsgd.models.normalization import BatchStatsNorm, pool_statistics
+from lmsgd.models.normalization import BatchStatsNorm, moments, pool_statistics
 
 EPS = 1e-5
 NDEV = 8
@@ -252,3 +252,129 @@ def test_gradient_equals_plain_formula():
         want = [np.asarray(r) for r in want]
     for g, r in zip(got, want):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=2e-5 * np.max(np.abs(r)))
+
+
+# One-pass statistics (sums of x - c and (x - c)**2 around a shift c) against float64.
+
+RATIOS = [1.0, 1e1, 1e2, 1e3]  # |mean| / std of the channels
+# Relative to the float64 statistics of the same (dtype-rounded) values: mean error over
+# (|mean| + std), variance error over var; with a shift `k` std off the mean, VAR_TOL times
+# (1 + k**2 / 10): the float32 rounding of sums of 1,568 squares ~ (1 + k**2) var each.
+MEAN_TOL, VAR_TOL = 2e-6, 2e-5
+
+
+def large_mean_data(ratio, dtype, seed, shape=(32, 7, 7, 16)):
+    """Channels with std in [0.5, 2] and |mean| = ratio * std (signs mixed), rounded to
+    `dtype`; also the channels' means and stds."""
+    rng = np.random.default_rng(seed)
+    std = rng.uniform(0.5, 2.0, size=shape[-1])
+    mean = ratio * std * rng.choice([-1.0, 1.0], size=shape[-1])
+    x = rng.normal(size=shape) * std + mean
+    return np.asarray(jnp.asarray(x, dtype).astype(jnp.float32)), mean, std
+
+
+def assert_close_to_float64(x, mean, var, var_tol=VAR_TOL):
+    ref = x.astype(np.float64)
+    ref_mean, ref_var = ref.mean(axis=(0, 1, 2)), ref.var(axis=(0, 1, 2))
+    mean_err = np.abs(np.asarray(mean, np.float64) - ref_mean) / (
+        np.abs(ref_mean) + np.sqrt(ref_var)
+    )
+    var_err = np.abs(np.asarray(var, np.float64) - ref_var) / ref_var
+    assert mean_err.max() < MEAN_TOL, mean_err.max()
+    assert var_err.max() < var_tol, var_err.max()
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("ratio", RATIOS)
+def test_training_statistics_are_float64_exact_for_large_means(ratio, dtype):
+    """The layer's one pass centres on the mean it recorded at the previous step: at the
+    second step (other examples of the same channels) its statistics match float64 to the
+    tolerances up to |mean| / std = 1e3, for float32 and bfloat16 inputs. The first step
+    (shift 0 at init) already records an accurate mean, which is all the shift needs."""
+    both, _, _ = large_mean_data(ratio, dtype, seed=1, shape=(64, 7, 7, 16))
+    first, second = both[:32], both[32:]
+    norm = BatchStatsNorm()
+    variables = norm.init(jax.random.key(0), jnp.asarray(first[:1], dtype), train=True)
+    for batch in (first, second):
+        _, updates = norm.apply(variables, jnp.asarray(batch, dtype), train=True, mutable=True)
+        variables = {**variables, **updates}
+        stats = updates["batch_stats"]
+    assert_close_to_float64(second, stats["mean"], stats["var"])
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("ratio", RATIOS)
+@pytest.mark.parametrize("offset", [0.0, 3.0, 10.0])
+def test_one_pass_moments_tolerate_a_shift_off_by_some_std(ratio, dtype, offset):
+    """`moments` with a shift `offset` standard deviations away from the batch mean (a
+    stale previous-step mean) stays within the tolerances; without a shift (two passes) too."""
+    x, mean, std = large_mean_data(ratio, dtype, seed=3)
+    shift = jnp.asarray(mean + offset * std, jnp.float32)
+    got = moments(jnp.asarray(x, dtype), (0, 1, 2), shift=shift)
+    assert_close_to_float64(x, *got, var_tol=VAR_TOL * (1 + offset**2 / 10))
+    assert_close_to_float64(x, *moments(jnp.asarray(x, dtype), (0, 1, 2)))
+
+
+def test_plain_one_pass_variance_would_fail_these_tolerances():
+    """Shift 0 (the plain E[x**2] - E[x]**2) at |mean| / std = 1e3: what the shift is for."""
+    x, _, _ = large_mean_data(1e3, jnp.float32, seed=3)
+    mean, var = moments(jnp.asarray(x), (0, 1, 2), shift=jnp.zeros(16))
+    ref_var = x.astype(np.float64).var(axis=(0, 1, 2))
+    assert np.max(np.abs(np.asarray(var) - ref_var) / ref_var) > 100 * VAR_TOL
+
+
+def test_one_pass_statistics_pool_exactly_over_devices(mesh_1d):
+    """Per-device one-pass statistics around a shared shift (the replicated recorded mean),
+    pooled over all devices, equal float64's of the global batch at |mean| / std = 1e3."""
+    x = make_data(seed=5) + 1e3 * 1.5
+    norm = BatchStatsNorm(axis_name="data", group_size=0)
+    variables = norm.init(jax.random.key(0), x[:1], train=True)
+    shift = x.astype(np.float64).mean(axis=(0, 1, 2)) + 1.5  # a step-old mean, off by 1 std
+    variables = {**variables, "batch_stats": {"mean": jnp.asarray(shift, jnp.float32),
+                                              "var": jnp.ones(5)}}  # fmt: skip
+
+    def per_device(v, xb):
+        _, updates = norm.apply(v, xb, train=True, mutable=["batch_stats"])
+        return updates["batch_stats"]["mean"][None], updates["batch_stats"]["var"][None]
+
+    spec = P("data")
+    fn = jax.jit(jax.shard_map(per_device, mesh=mesh_1d, in_specs=(P(), spec),
+                               out_specs=(spec, spec)))  # fmt: skip
+    mean, var = map(np.asarray, fn(variables, jax.device_put(x, NamedSharding(mesh_1d, spec))))
+    for d in range(NDEV):
+        assert_close_to_float64(x, mean[d], var[d])
+
+
+def test_gradient_with_a_stale_shift_equals_float64_two_pass():
+    """With the recorded mean 2 std off this batch's and |mean| / std = 100, gradients
+    w.r.t. input, scale and bias equal jax.grad of the float64 two-pass formula."""
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(8, 5, 5, 6)) * 3.0 + 300.0
+    w = rng.normal(size=x.shape)
+    scale, bias = rng.normal(size=(6,)), rng.normal(size=(6,))
+    norm = BatchStatsNorm()
+    variables = norm.init(jax.random.key(0), jnp.zeros(x.shape, jnp.float32), train=True)
+    stale = jnp.asarray(x.mean(axis=(0, 1, 2)) + 6.0, jnp.float32)
+    variables = {**variables, "batch_stats": {"mean": stale, "var": jnp.ones(6)}}
+
+    def ours(x, scale, bias):
+        v = {**variables, "params": {"scale": scale, "bias": bias}}
+        y, _ = norm.apply(v, x, train=True, mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(y) * w)
+
+    def plain(x, scale, bias):
+        mean = jnp.mean(x, axis=(0, 1, 2))
+        var = jnp.mean((x - mean) ** 2, axis=(0, 1, 2))
+        return jnp.sum(jnp.sin((x - mean) / jnp.sqrt(var + EPS) * scale + bias) * w)
+
+    got = jax.grad(ours, argnums=(0, 1, 2))(
+        *[jnp.asarray(a, jnp.float32) for a in (x, scale, bias)]
+    )
+    with jax.enable_x64(True):
+        want = jax.grad(plain, argnums=(0, 1, 2))(
+            *[jnp.asarray(a, jnp.float64) for a in (x, scale, bias)]
+        )
+        want = [np.asarray(r) for r in want]
+    # Input gradients carry float32 rounding of x ~ 300 (3e-5 relative to the spread).
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-3 * np.max(np.abs(r)))

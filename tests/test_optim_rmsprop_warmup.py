@@ -450,3 +450,60 @@ def test_weight_decay_mask_must_be_static_bools_per_tensor():
         with pytest.raises(ValueError, match="weight_decay_mask") as info:
             jax.jit(tx.update)(grads, tx.init(params), params)
         assert says in str(info.value)
+
+
+@pytest.mark.parametrize("learning_rate_can_be_zero", [True, False])
+def test_without_rms_buffer_after_the_hand_over_follows_the_reference_and_the_full_update(
+    learning_rate_can_be_zero,
+):
+    """From the hand-over on, the state without m (`without_rms_buffer`) gives the numpy
+    reference's parameters and velocity, and in float32 the same bits as the update that
+    still carries m; its compiled update reads no m."""
+    from lmsgd.optim import handover_complete_step, with_rms_buffer, without_rms_buffer
+
+    rng = np.random.default_rng(7)
+    params = make_params(rng)
+    grads = random_grads(rng, params, NUM_STEPS)
+    alpha = alpha_sgd_schedule(STEPS_PER_EPOCH)
+    switch = handover_complete_step(alpha, NUM_STEPS)
+    assert switch == 51  # alpha_sgd = 1 from step 50 (epoch 12.5), one step of margin
+    wd, mask = 0.05, (lambda tree: jax.tree.map(lambda p: np.ndim(p) > 1, tree))
+    per_element = flat(
+        jax.tree.map(lambda p, on: np.full(np.shape(p), wd * on), params, mask(params))
+    )
+    etas = [np_eta(t) for t in range(NUM_STEPS)]
+    alphas = [np_alpha_sgd(t, STEPS_PER_EPOCH) for t in range(NUM_STEPS)]
+    ref = np_rmsprop_warmup(flat(params), [flat(g) for g in grads], etas, alphas,
+                            decay_per_element=per_element)  # fmt: skip
+    tx = rmsprop_warmup(
+        jnp_eta, alpha, rmsprop_learning_rate=ETA_RMS, weight_decay=wd, weight_decay_mask=mask,
+        learning_rate_can_be_zero=learning_rate_can_be_zero,
+    )  # fmt: skip
+    update = jax.jit(tx.update)
+    p = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    s = tx.init(p)
+    p_full, s_full = p, s
+    for t, g in enumerate(grads):
+        g = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), g)
+        if t == switch:
+            s = without_rms_buffer(s)
+            assert s.m is None and s_full.m is not None
+            # Its compiled update takes no m: three fewer buffers of each tensor's size.
+            args = jax.jit(tx.update).lower(g, s, p).compile().memory_analysis()
+            full_args = jax.jit(tx.update).lower(g, s_full, p).compile().memory_analysis()
+            m_bytes = sum(x.size * 4 for x in jax.tree.leaves(s_full.m))
+            assert full_args.argument_size_in_bytes - args.argument_size_in_bytes == m_bytes
+        u, s = update(g, s, p)
+        p = optax.apply_updates(p, u)
+        u_full, s_full = update(g, s_full, p_full)
+        p_full = optax.apply_updates(p_full, u_full)
+        for a, b in zip(jax.tree.leaves((p, s.delta)), jax.tree.leaves((p_full, s_full.delta))):
+            np.testing.assert_array_equal(a, b, err_msg=f"step {t}")
+        theta, _, delta = ref[t]
+        np.testing.assert_allclose(flat(p), theta, rtol=2e-4, atol=1e-5, err_msg=f"step {t}")
+        np.testing.assert_allclose(flat(s.delta), delta, rtol=2e-4, atol=1e-4, err_msg=f"{t}")
+    assert s.m is None and int(s.count) == NUM_STEPS
+    # Back to the full layout (checkpoints): m where it was, delta untouched.
+    back = with_rms_buffer(s, lambda d: jax.tree.map(lambda x: jnp.zeros_like(x), d))
+    assert jax.tree.structure(back) == jax.tree.structure(s_full)
+    assert all(not np.any(x) for x in jax.tree.leaves(back.m))

@@ -372,3 +372,39 @@ def test_mean_gradient_is_not_written_out(mesh):
         and reduced.get(m[2]) == m[1]
     ]
     assert not scaled_copies, scaled_copies
+
+
+def test_step_without_norms_updates_the_same_bits_and_reads_less(mesh):
+    """`norms=False` (steps that neither log nor save): the same state, bit for bit, metrics
+    without the norms, `finite` from the loss; `make_state_check` then finds a non-finite
+    parameter, statistic or optimizer buffer. Compiled, it reads fewer bytes."""
+    from lmsgd.step import make_state_check
+
+    model = tiny_model()
+    tx, _ = create_optimizer(
+        default_optimizer_config(), global_batch_size=16, steps_per_epoch=10, num_epochs=2
+    )
+    steps = batches(3, seed=5)
+    full, full_metrics = run_sharded(mesh, model, tx, steps)[:2]
+    lean, lean_metrics = run_sharded(mesh, model, tx, steps, norms=False)[:2]
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(lean)):
+        np.testing.assert_array_equal(a, b)
+    assert {"grad_norm", "param_norm"} <= full_metrics[0].keys()
+    assert not {"grad_norm", "param_norm"} & lean_metrics[0].keys()
+    assert [m["loss"] for m in lean_metrics] == [m["loss"] for m in full_metrics]
+    assert all(m["finite"] for m in lean_metrics)
+    check = make_state_check(mesh)
+    assert bool(check(lean))
+    for where in ("params", "batch_stats", "opt_state"):
+        tree = getattr(lean, where)
+        leaves, treedef = jax.tree.flatten(tree)
+        i = next(i for i, x in enumerate(leaves) if jnp.issubdtype(x.dtype, jnp.floating))
+        leaves[i] = leaves[i].at[(0,) * leaves[i].ndim].set(jnp.nan)
+        assert not bool(check(lean.replace(**{where: treedef.unflatten(leaves)}))), where
+    batch = batches(1, seed=6)[0]
+    state = create_train_state(model, tx, jax.random.key(0), IMAGE, mesh)
+    cost = lambda **kw: make_train_step(model, tx, mesh, **kw).lower(state, batch).compile()
+    read = lambda c: (lambda a: a[0] if isinstance(a, list) else a)(c.cost_analysis())[
+        "bytes accessed"
+    ]
+    assert read(cost(norms=False)) < read(cost(norms=True))

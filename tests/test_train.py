@@ -219,3 +219,43 @@ def test_variants_train_and_evaluate(tmp_path, overrides):
     assert np.isfinite(summary["eval_loss"])
     if "logging.profile_steps" in overrides:
         assert list(tmp_path.rglob("*.xplane.pb"))
+
+
+def test_resume_after_the_hand_over_equals_a_run_that_keeps_the_second_buffer(
+    tmp_path, monkeypatch
+):
+    """From the step where alpha_sgd stays 1 (step 8 here) the driver drops rmsprop_warmup's
+    second buffer m, and checkpoints hold zeros in its place (one layout). A run resumed from
+    a checkpoint after that step (9) ends, bit for bit, where an uninterrupted run that kept
+    and updated m all along ends: parameters, velocity, statistics."""
+    from lmsgd.run import Run, build
+
+    # Every step logs: one program before the hand-over and one after (fewer compiles).
+    config = lambda **kw: tiny_config(
+        **{"checkpoint.every_steps": 3, "logging.every_steps": 1}, **kw
+    )
+    assert build(config()).rms_buffer_free_from == 8
+    kept = tmp_path / "kept"
+    with monkeypatch.context() as patch:
+        patch.setattr(Run, "rms_buffer_free_from", property(lambda self: None))
+        train_and_evaluate(config(), str(kept))
+    resumed = tmp_path / "resumed"
+    assert train_and_evaluate(config(stop_after_steps=10), str(resumed))["step"] == 10
+    summary = train_and_evaluate(config(), str(resumed))
+    assert summary["resumed_from_step"] == 9
+
+    def by_path(tree):
+        return {jax.tree_util.keystr(p): np.asarray(x)
+                for p, x in jax.tree_util.tree_leaves_with_path(tree)}  # fmt: skip
+
+    is_m = lambda path: re.search(r"\['m'\]|\.m\b|\[2\]\['m'\]", path) is not None
+    a, b = by_path(final_params(kept)[1]), by_path(final_params(resumed)[1])
+    assert a.keys() == b.keys() and any(map(is_m, a))
+    for path in a:
+        if is_m(path):  # kept: still updated; dropped: saved as zeros
+            assert np.any(a[path]) and not np.any(b[path]), path
+        else:
+            np.testing.assert_array_equal(a[path], b[path], err_msg=path)
+    # Before the hand-over the checkpoint holds the real m.
+    six = by_path(load_state_arrays(str(resumed), 6)[1])
+    assert all(np.any(x) for p, x in six.items() if is_m(p))

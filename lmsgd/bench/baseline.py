@@ -1,19 +1,25 @@
-"""BASELINE for the step benchmark: a data-parallel ResNet step written the usual JAX way.
+"""BASELINE for the step benchmark: the Flax ImageNet example's data-parallel step, rewritten.
 
-This is *not* lmsgd's training step. It is what the Flax ImageNet example and most JAX code
-bases do, so that ``python -m lmsgd.bench step`` can put our step next to it:
+This is *not* lmsgd's training step. It reproduces what google/flax's ``examples/imagenet``
+does per step, so that ``python -m lmsgd.bench step`` puts our step next to that peer:
 
-* plain ``jax.jit`` over a batch sharded with ``NamedSharding`` (parameters replicated); the
-  partitioner (GSPMD) inserts the gradient all-reduce, in float32;
-* ``flax.linen.BatchNorm(use_running_average=not train, momentum=0.9)`` with moving averages
-  in a mutable ``batch_stats`` collection. Under plain ``jit`` its statistics are those of the
-  *global* batch (the partitioner all-reduces every layer's moments), unlike the paper's
-  per-device statistics;
+* one program per device (the example's ``pmap``; here ``shard_map`` over every mesh axis,
+  which compiles to the same per-device program and also for deviceless targets); parameters
+  and optimizer state replicated, the batch split over the devices;
+* ``flax.linen.BatchNorm(use_running_average=not train, momentum=0.9)`` with no
+  ``axis_name``: statistics of the device's own examples (one fused pass, Flax's
+  ``E[x**2] - E[x]**2``), moving averages per device in a ``batch_stats`` collection that
+  carries a leading device axis (as ``pmap`` keeps per-device state; the example averages
+  them over devices only before evaluating or saving, not per step);
+* the gradient of the float32 parameters all-reduced in float32 (``jax.lax.pmean``), loss
+  and accuracy averaged likewise;
 * ``optax.chain(add_decayed_weights, sgd(momentum=0.9))``.
 
 The architecture mirrors :mod:`lmsgd.models.resnet` (ResNet v1.5, same stems, widths,
 initializers, zero-initialised last scale of each branch) with ``nn.BatchNorm`` in place of
-``BatchStatsNorm``; the benchmark checks both have the same number of parameters.
+``BatchStatsNorm``; the benchmark checks both have the same number of parameters. Images
+are cast to the compute dtype by the first convolution, so the step takes whatever image
+dtype ours is given.
 """
 
 from __future__ import annotations
@@ -26,11 +32,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from lmsgd.models.registry import ARCHITECTURES, DTYPES
 from lmsgd.models.resnet import BottleneckBlock, conv_init
-from lmsgd.parallel.mesh import batch_sharding, replicated
+from lmsgd.parallel.mesh import data_axes, replicated
 from lmsgd.step import TrainState, accuracy, cross_entropy
 
 
@@ -116,23 +123,50 @@ def create_baseline_model(
     )
 
 
-def _baseline_init(model, tx, rng, image_shape):
+def _device_axes(mesh: Mesh) -> tuple[str, ...]:
+    return data_axes(mesh)
+
+
+def _num_devices(mesh: Mesh) -> int:
+    return int(mesh.devices.size)
+
+
+def _per_device_stats_sharding(mesh: Mesh) -> NamedSharding:
+    """`batch_stats` leaves `[devices, ...]`: one row per device, as `pmap` keeps them."""
+    return NamedSharding(mesh, P(_device_axes(mesh)))
+
+
+def _baseline_init(model, tx, rng, image_shape, num_devices: int):
     def init():
         variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+        per_device = jax.tree.map(
+            lambda x: jnp.broadcast_to(x, (num_devices, *x.shape)), variables["batch_stats"]
+        )
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=variables["params"],
-            batch_stats=variables["batch_stats"],
+            batch_stats=per_device,
             opt_state=tx.init(variables["params"]),
         )
 
     return init
 
 
-def create_baseline_state(model, tx, rng, image_shape, mesh: Mesh) -> TrainState:
-    init = _baseline_init(model, tx, rng, image_shape)
+def _state_shardings(mesh: Mesh, state: TrainState) -> TrainState:
+    rep = replicated(mesh)
+    stats = _per_device_stats_sharding(mesh)
+    return state.replace(
+        step=rep,
+        params=jax.tree.map(lambda _: rep, state.params),
+        batch_stats=jax.tree.map(lambda _: stats, state.batch_stats),
+        opt_state=jax.tree.map(lambda _: rep, state.opt_state),
+    )
 
-    return jax.jit(init, out_shardings=replicated(mesh))()
+
+def create_baseline_state(model, tx, rng, image_shape, mesh: Mesh) -> TrainState:
+    """The initial state on `mesh`: replicated, but `batch_stats` one row per device."""
+    init = _baseline_init(model, tx, rng, image_shape, _num_devices(mesh))
+    return jax.jit(init, out_shardings=_state_shardings(mesh, jax.eval_shape(init)))()
 
 
 def baseline_optimizer(learning_rate, weight_decay: float = 1e-4) -> optax.GradientTransformation:
@@ -144,52 +178,64 @@ def baseline_optimizer(learning_rate, weight_decay: float = 1e-4) -> optax.Gradi
 def make_baseline_train_step(
     model, tx: optax.GradientTransformation, mesh: Mesh, *, donate: bool = True
 ):
-    """Plain-jit data-parallel train step ``(state, batch) -> (state, metrics)``.
+    """The Flax example's train step, per device: ``(state, batch) -> (state, metrics)``.
 
-    Same signature and metrics as :func:`lmsgd.step.make_train_step`; the batch is global and
-    sharded over the mesh, and everything else is left to the partitioner. ``donate``: donate
-    the state (as ours does); the Flax ImageNet example does not, so ``donate=False`` is that
-    example's memory behaviour (a fresh state every step, the old one freed afterwards).
+    Same signature and metrics as :func:`lmsgd.step.make_train_step`: the batch is global,
+    sharded over the mesh (leading axis); `state` as `create_baseline_state` makes it.
+    ``donate``: donate the state (as ours does); the Flax ImageNet example does not, so
+    ``donate=False`` is that example's memory behaviour (a fresh state every step, the old
+    one freed afterwards).
     """
+    axes = _device_axes(mesh)
 
-    def train_step(state: TrainState, batch):
-        def loss_fn(params):
+    def per_device(state: TrainState, images, labels):
+        # Each device differentiates its own copy of the parameters, as under pmap: the
+        # float32 gradients are then averaged explicitly. (Differentiating the replicated
+        # parameters directly would let JAX insert the sum where they first meet device data,
+        # after the cast to the compute dtype: a bfloat16 all-reduce, not the example's.)
+        params = jax.lax.pcast(state.params, axes, to="varying")
+        stats = jax.tree.map(lambda x: x[0], state.batch_stats)
+
+        def loss_fn(p):
             logits, new_vars = model.apply(
-                {"params": params, "batch_stats": state.batch_stats},
-                batch["image"],
-                train=True,
-                mutable=["batch_stats"],
+                {"params": p, "batch_stats": stats}, images, train=True, mutable=["batch_stats"]
             )
-            return jnp.mean(cross_entropy(logits, batch["label"])), (logits, new_vars)
+            return jnp.mean(cross_entropy(logits, labels)), (logits, new_vars["batch_stats"])
 
-        (loss, (logits, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        grads = jax.lax.pmean(grads, axes)  # float32, like the example's lax.pmean
+        loss, acc = jax.lax.pmean((loss, accuracy(logits, labels)), axes)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        metrics = {
-            "loss": loss,
-            "accuracy": accuracy(logits, batch["label"]),
-            "grad_norm": optax.tree.norm(grads),
-        }
+        metrics = {"loss": loss, "accuracy": acc}  # the example's metrics: no norms
         return state.replace(
             step=state.step + 1,
             params=optax.apply_updates(state.params, updates),
-            batch_stats=new_vars["batch_stats"],
+            batch_stats=jax.tree.map(lambda x: x[None], new_stats),
             opt_state=opt_state,
         ), metrics
 
-    return jax.jit(
-        train_step,
-        in_shardings=(replicated(mesh), batch_sharding(mesh)),
-        out_shardings=(replicated(mesh), replicated(mesh)),
-        donate_argnums=(0,) if donate else (),
-    )
+    def train_step(state: TrainState, batch):
+        specs = jax.tree.map(lambda s: s.spec, _state_shardings(mesh, state))
+        step = jax.shard_map(
+            per_device,
+            mesh=mesh,
+            in_specs=(specs, P(axes), P(axes)),
+            out_specs=(specs, P()),
+        )
+        return step(state, batch["image"], batch["label"])
+
+    # The shardings come from the arguments (`create_baseline_state`, `batch_sharding`) and
+    # the shard_map's specs; the state's tree (optimizer state included) need not be known.
+    return jax.jit(train_step, donate_argnums=(0,) if donate else ())
 
 
 def abstract_baseline_state(model, tx, rng, image_shape, mesh: Mesh) -> TrainState:
     """`create_baseline_state` as `jax.ShapeDtypeStruct`s (nothing allocated: the mesh's
     devices may be a deviceless TPU / GPU topology)."""
-    init = _baseline_init(model, tx, rng, image_shape)
-
-    rep = replicated(mesh)
+    init = _baseline_init(model, tx, rng, image_shape, _num_devices(mesh))
+    shape = jax.eval_shape(init)
     return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), jax.eval_shape(init)
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        shape,
+        _state_shardings(mesh, shape),
     )

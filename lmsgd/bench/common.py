@@ -211,6 +211,16 @@ def write_record(
     return path
 
 
+def write_json(record: dict[str, Any], path: str) -> str:
+    """Writes ``record`` as JSON to ``path`` (folders made as needed); returns the path."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(record, f, indent=2, default=_jsonable)
+        f.write("\n")
+    print(f"wrote {path}")
+    return path
+
+
 def _jsonable(x: Any) -> Any:
     if hasattr(x, "tolist"):
         return x.tolist()

@@ -7,8 +7,9 @@ the compiled per-device program, MFU against a peak measured in the same run (a 
 in the compute dtype on every device at once), peak device memory of the compiled step and
 the collectives XLA compiled into it. "ours" is ``lmsgd.step.make_train_step`` with the paper's
 optimizer (weight decay + rmsprop_warmup, slow start); "baseline" is
-``lmsgd.bench.baseline`` (plain jit, flax nn.BatchNorm with moving averages, optax sgd with
-momentum), same architecture, timed with its state donated ("baseline") and not donated
+``lmsgd.bench.baseline`` (the Flax ImageNet example's step: per-device program, flax
+nn.BatchNorm with moving averages, float32 gradient pmean, optax sgd with momentum), same
+architecture, timed with its state donated ("baseline") and not donated
 ("baseline_nodonate", as the Flax ImageNet example runs), so ours is compared at equal
 donation. Per variant it also reports minor page faults per step (``ru_minflt`` of
 ``resource.getrusage`` around the timed steps: on XLA:CPU, freshly mapped temporaries fault
@@ -29,8 +30,8 @@ from lmsgd.bench import common
 IMAGENET_TRAIN_IMAGES = 1_281_167
 VARIANTS = {
     "ours": "lmsgd shard_map step: per-device BN stats, rmsprop_warmup, explicit all-reduce",
-    "baseline": "plain jit + NamedSharding, flax nn.BatchNorm (EMA), optax sgd momentum 0.9, "
-    "state donated",
+    "baseline": "Flax ImageNet example: per-device flax nn.BatchNorm (EMA), float32 gradient "
+    "pmean, optax sgd momentum 0.9, state donated",
     "baseline_nodonate": "the same without donation (as the Flax ImageNet example)",
 }
 
@@ -93,6 +94,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="compile ours and the baseline for a GPU or TPU target this host does not own "
         "(gpu:MODEL:GPUSxNODES, tpu:GEN:TOPOLOGY; lmsgd.bench.step_target): memory, kernels, "
         "bytes, exposed all-reduce share, no timing",
+    )
+    parser.add_argument(
+        "--phases",
+        default="warmup",
+        help="with --target: ours in these phases, comma-separated, each against the same "
+        "baseline: warmup (the paper's optimizer during the RMSprop warm-up, the step of a "
+        "step that neither logs nor saves), warmup_norms (the same step with the gradient and "
+        "parameter norms, taken on steps that log), sgd (after the hand-over to momentum SGD: "
+        "no second optimizer buffer), momentum (optimizer.name='momentum')",
+    )
+    parser.add_argument(
+        "--json", default=None, help="with --target: write the JSON here (default --results_dir)"
     )
     common.add_common_arguments(parser)
 

@@ -36,8 +36,18 @@ def _devices(target):
     raise targets_lib.PlanError(f"--target {target.spec}: give a tpu: or gpu: target")
 
 
-def _ours(s, args, mesh, global_batch):
+PHASES = {
+    "warmup": "the paper's optimizer during the RMSprop warm-up (a step that neither logs nor "
+    "saves: no norms)",
+    "warmup_norms": "the same step with the gradient and parameter norms (steps that log)",
+    "sgd": "after the hand-over to momentum SGD: no second optimizer buffer",
+    "momentum": "optimizer.name='momentum' (SGD with momentum throughout)",
+}
+
+
+def _ours(s, args, mesh, global_batch, phase="warmup_norms"):
     from lmsgd.config import base_config, validate_config
+    from lmsgd.optim import without_rms_buffer
     from lmsgd.plan import compile as compile_lib
 
     config = base_config()
@@ -49,12 +59,19 @@ def _ours(s, args, mesh, global_batch):
          "data.num_classes": s["num_classes"], "data.num_train_examples": 1_281_167,
          "allreduce.dtype": args.allreduce_dtype, "allreduce.fuse": args.allreduce_fuse}
     )  # fmt: skip
+    if phase == "momentum":
+        config.optimizer.name = "momentum"
     validate_config(config)
-    setup = compile_lib.build_step(config, mesh)
-    return setup.step, setup.state, setup.batch
+    setup = compile_lib.build_step(config, mesh, norms=phase == "warmup_norms")
+    state = setup.state
+    if phase == "sgd":
+        state = state.replace(opt_state=without_rms_buffer(state.opt_state))
+    return setup.step, state, setup.batch
 
 
-def _baseline(s, args, mesh, global_batch):
+def _baseline(s, args, mesh, global_batch, image_dtype=None):
+    """The baseline's step, state and batch; `image_dtype`: that of ours' images (default
+    `--dtype`), so both steps read the same input bytes."""
     import jax
     import jax.numpy as jnp
 
@@ -70,8 +87,8 @@ def _baseline(s, args, mesh, global_batch):
     state = baseline.abstract_baseline_state(model, tx, jax.random.key(0), image_shape, mesh)
     data = batch_sharding(mesh)
     batch = {
-        "image": jax.ShapeDtypeStruct((global_batch, *image_shape), jnp.dtype(args.dtype),
-                                      sharding=data),
+        "image": jax.ShapeDtypeStruct((global_batch, *image_shape),
+                                      jnp.dtype(image_dtype or args.dtype), sharding=data),
         "label": jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=data),
     }  # fmt: skip
     return baseline.make_baseline_train_step(model, tx, mesh, donate=True), state, batch
@@ -140,42 +157,63 @@ def run_target(args: argparse.Namespace, settings) -> dict[str, Any]:
         "allreduce_dtype": args.allreduce_dtype,
         "compiler_options": {k: str(v) for k, v in options.items()},
     })  # fmt: skip
-    results = {}
-    for name, build in (("ours", _ours), ("baseline", _baseline)):
-        fn, state, batch = build(s, args, mesh, global_batch)
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    unknown = [p for p in phases if p not in PHASES]
+    if unknown or not phases:
+        raise ValueError(f"--phases {args.phases!r}: choose from {', '.join(PHASES)}")
+    record["config"]["phases"] = {p: PHASES[p] for p in phases}
+    results: dict[str, Any] = {}
+    image_dtype = None
+    for name in [*phases, "baseline"]:
+        if name != "baseline":
+            fn, state, batch = _ours(s, args, mesh, global_batch, name)
+            image_dtype = batch["image"].dtype
+        else:
+            fn, state, batch = _baseline(s, args, mesh, global_batch, image_dtype)
         compiled = fn.lower(state, batch).compile(compiler_options=options or None)
         results[name] = _figures(compiled, target, hw, mesh, s["per_device_batch"], args.dtype)
-    o, b = results["ours"], results["baseline"]
-    ratios = {
-        key: (o[key] / b[key] if b[key] else float("nan"))
-        for key in ("peak_bytes", "temp_bytes", "bytes_accessed", "flops",
-                    "exposed_allreduce_share")
-    }  # fmt: skip
-    ratios["kernels"] = o["kernels"]["kernels"] / max(1, b["kernels"]["kernels"])
-    record["results"] = results
-    record["ratios_ours_over_baseline"] = ratios
+        del compiled
+    b = results["baseline"]
+
+    def ratios_of(o):
+        r = {
+            key: (o[key] / b[key] if b[key] else float("nan"))
+            for key in ("peak_bytes", "temp_bytes", "bytes_accessed", "flops",
+                        "exposed_allreduce_share")
+        }  # fmt: skip
+        r["kernels"] = o["kernels"]["kernels"] / max(1, b["kernels"]["kernels"])
+        r["allreduces"] = o["allreduce"]["count"] / max(1, b["allreduce"]["count"])
+        return r
+
+    ratios = {p: ratios_of(results[p]) for p in phases}
+    record["results"] = {"ours": results[phases[0]], **results}
+    record["image_dtype"] = str(image_dtype)  # both steps'
+    record["ratios_ours_over_baseline"] = ratios[phases[0]]
+    record["ratios_by_phase"] = ratios
+    fmt_ratio = lambda x: f"{x:.3f}"
     rows = [
-        ["peak memory", common.human_bytes(o["peak_bytes"]), common.human_bytes(b["peak_bytes"]),
-         ratios["peak_bytes"]],
-        ["temporaries", common.human_bytes(o["temp_bytes"]), common.human_bytes(b["temp_bytes"]),
-         ratios["temp_bytes"]],
-        ["kernels", o["kernels"]["kernels"], b["kernels"]["kernels"], ratios["kernels"]],
-        ["GFLOP", o["flops"] / 1e9, b["flops"] / 1e9, ratios["flops"]],
-        ["GB accessed", o["bytes_accessed"] / 1e9, b["bytes_accessed"] / 1e9,
-         ratios["bytes_accessed"]],
-        ["all-reduces", o["allreduce"]["count"], b["allreduce"]["count"], ""],
-        ["all-reduce bytes issued before backward end",
-         o["allreduce"]["issued_before_compute_end"], b["allreduce"]["issued_before_compute_end"],
-         ""],
-        ["exposed all-reduce share (time line)", o["exposed_allreduce_share"],
-         b["exposed_allreduce_share"], ratios["exposed_allreduce_share"]],
+        ["peak memory", *(fmt_ratio(ratios[p]["peak_bytes"]) for p in phases),
+         common.human_bytes(b["peak_bytes"])],
+        ["temporaries", *(fmt_ratio(ratios[p]["temp_bytes"]) for p in phases),
+         common.human_bytes(b["temp_bytes"])],
+        ["GB accessed", *(fmt_ratio(ratios[p]["bytes_accessed"]) for p in phases),
+         f"{b['bytes_accessed'] / 1e9:.2f}"],
+        ["GFLOP", *(fmt_ratio(ratios[p]["flops"]) for p in phases), f"{b['flops'] / 1e9:.0f}"],
+        ["kernels", *(fmt_ratio(ratios[p]["kernels"]) for p in phases),
+         b["kernels"]["kernels"]],
+        ["all-reduces", *(results[p]["allreduce"]["count"] for p in phases),
+         b["allreduce"]["count"]],
+        ["exposed all-reduce share (time line)",
+         *(f"{results[p]['exposed_allreduce_share']:.3f}" for p in phases),
+         f"{b['exposed_allreduce_share']:.3f}"],
     ]  # fmt: skip
     compiler = "by XLA:GPU" if target.kind == "gpu" else "by the TPU compiler"
     print(
         f"bench step --target {target.spec}: {len(devices)} devices, {s['model']} "
-        f"{s['image_size']}px, {s['per_device_batch']} per device, {args.dtype}, compiled "
+        f"{s['image_size']}px, {s['per_device_batch']} per device, {args.dtype} compute, "
+        f"{image_dtype} images, compiled "
         f"{compiler} (per device)"
     )
-    print(common.table(rows, ["", "ours", "baseline", "ours / baseline"]))
+    print(common.table(rows, ["ours / baseline", *phases, "baseline"]))
     common.write_record(record, args.results_dir, "step_target", args.json)
     return record

@@ -15,6 +15,10 @@ the statistics explicit and keeps, by default, no moving averages at all:
 
 Pooling is exact: the union of equally sized sets has mean = mean of means and
 var = mean of variances + variance of means (`pool_statistics`).
+
+Training statistics take one pass over the input: sums of `x - c` and `(x - c)**2` around
+the mean `c` this layer recorded at the previous step (`moments`): as cheap as the plain
+`E[x**2] - E[x]**2`, without its cancellation when the mean is large against the spread.
 """
 
 from __future__ import annotations
@@ -99,20 +103,55 @@ def group_mean(x: jax.Array, axis_name: AxisName, group_size: int = 0) -> jax.Ar
 
 
 def moments(
-    x: jax.Array, reduction_axes: Sequence[int], axis_name: AxisName = None, group_size: int = 0
+    x: jax.Array,
+    reduction_axes: Sequence[int],
+    axis_name: AxisName = None,
+    group_size: int = 0,
+    shift: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Per-channel mean and biased variance of `x` over its reduction axes and a device span.
 
-    Computed in float32 in two passes (mean first, then centred squares) so the variance does
-    not lose precision to cancellation, and pooled over devices exactly (`pool_statistics`).
+    With `shift` (`[C]`, or broadcastable to the reduced shape), one pass: the sums of
+    `d = x - shift` and `d**2` in float32, then `mean = shift + mean(d)` and
+    `var = mean(d**2) - mean(d)**2`. Both sums read `x` once and, as `shift` does not depend
+    on `x`, fuse into the convolution that produces it (a shift taken from `x` itself, even a
+    slice, would need `x` first: another pass). The cancellation in `var` loses about
+    `eps * (1 + ((mean - shift) / std)**2)` of it (float32 `eps` = 6e-8): nothing while the
+    shift is within a few standard deviations of the mean, whatever `|mean| / std` is (the
+    statistics of the previous step, as `BatchStatsNorm` uses, are), and 6e-6 still at 10 std.
+    The plain one-pass `E[x**2] - E[x]**2` (shift 0) loses everything at `|mean| / std` ~ 4e3.
+
+    Without `shift`, two passes: the mean first, then the centred squares (exact for any
+    data, one more read of `x`).
+
+    Either way the result is pooled over devices exactly (`pool_statistics`).
+
+    Args:
+      x: `[..., C]` (any float dtype; statistics are float32).
+      reduction_axes: the axes of `x` reduced (e.g. `(0, 1, 2)` for NHWC).
+      axis_name, group_size: the device span (see `group_mean`); None: this call only.
+      shift: a per-channel guess of the mean; held constant for differentiation.
+    Returns:
+      `(mean, var)`, each float32 with `reduction_axes` removed.
     """
     x32 = x.astype(jnp.float32)
-    mean = jnp.mean(x32, axis=reduction_axes)
-    # d var / d mean = -2 mean(x - mean) = 0 exactly, so the centring mean is held constant
-    # for differentiation: the same gradient, without a reduction per layer in the backward
-    # pass that would only sum rounding residue.
-    centre = jax.lax.stop_gradient(jnp.expand_dims(mean, reduction_axes))
-    var = jnp.mean(jnp.square(x32 - centre), axis=reduction_axes)
+    if shift is None:
+        mean = jnp.mean(x32, axis=reduction_axes)
+        # d var / d mean = -2 mean(x - mean) = 0 exactly, so the centring mean is held
+        # constant for differentiation: the same gradient, without a reduction per layer in
+        # the backward pass that would only sum rounding residue.
+        centre = jax.lax.stop_gradient(jnp.expand_dims(mean, reduction_axes))
+        var = jnp.mean(jnp.square(x32 - centre), axis=reduction_axes)
+    else:
+        # The shift is a constant of the formula (any value gives the same mean and var), so
+        # its gradient is zero: stop_gradient says so and keeps it out of the backward pass.
+        c = jax.lax.stop_gradient(jnp.asarray(shift, jnp.float32))
+        d = x32 - c
+        first = jnp.mean(d, axis=reduction_axes)
+        second = jnp.mean(jnp.square(d), axis=reduction_axes)
+        mean = c + first
+        # Rounding can leave a (tiny) negative difference for a constant channel.
+        var = jnp.maximum(second - jnp.square(first), 0.0)
     if axis_name is not None and group_size != 1:
         pooled_mean = group_mean(mean, axis_name, group_size)
         var = group_mean(var + jnp.square(mean - pooled_mean), axis_name, group_size)
@@ -176,6 +215,11 @@ class BatchStatsNorm(nn.Module):
             add = bias.astype(jnp.float32) - mean * mul
             return (x.astype(jnp.float32) * mul + add).astype(dtype)
 
+        # One-pass statistics around the mean this layer recorded at the previous step: the
+        # same on every device and micro-batch (the state is replicated), known before `x` is
+        # computed (so both sums fuse into the convolution) and, as the weights move little
+        # per step, within a few standard deviations of this step's mean (`moments`).
+        shift = mean_var.value
         ghost = train and 0 < self.virtual_batch_size < x.shape[0]
         if ghost:
             v = self.virtual_batch_size
@@ -186,7 +230,9 @@ class BatchStatsNorm(nn.Module):
             if self.axis_name is not None and self.group_size != 1:
                 raise ValueError("virtual_batch_size works per device only (group_size=1)")
             xg = x.reshape(x.shape[0] // v, v, *x.shape[1:])
-            group_mean_, group_var = moments(xg, tuple(range(1, xg.ndim - 1)))  # [groups, C]
+            group_mean_, group_var = moments(  # [groups, C]
+                xg, tuple(range(1, xg.ndim - 1)), shift=shift
+            )
             mean, var = pool_statistics(group_mean_, group_var)
             expand = lambda s: s.reshape(s.shape[0], *([1] * (xg.ndim - 2)), features)
             y = normalize(xg, expand(group_mean_), expand(group_var)).reshape(x.shape)
@@ -194,7 +240,7 @@ class BatchStatsNorm(nn.Module):
             # `init` usually runs outside `shard_map`, where the mesh axis is unbound.
             axis_name = None if self.is_initializing() else self.axis_name
             if not ghost:
-                mean, var = moments(x, reduction_axes, axis_name, self.group_size)
+                mean, var = moments(x, reduction_axes, axis_name, self.group_size, shift=shift)
             if not self.is_initializing():
                 mean_var.value = jax.lax.stop_gradient(mean)
                 var_var.value = jax.lax.stop_gradient(var)

@@ -28,8 +28,11 @@ from lmsgd.optim.registry import (
 )
 from lmsgd.optim.rmsprop_warmup import (
     RMSpropWarmupState,
+    has_rms_buffer,
     rmsprop_warmup,
     scale_by_rmsprop_warmup,
+    with_rms_buffer,
+    without_rms_buffer,
 )
 from lmsgd.optim.scaling import scale_epochs
 from lmsgd.optim.schedules import (
@@ -37,6 +40,7 @@ from lmsgd.optim.schedules import (
     constant_schedule,
     cosine_warmup_schedule,
     goyal_schedule,
+    handover_complete_step,
     linear_scaling_rule,
     polynomial_warmup_schedule,
     slow_start_schedule,
@@ -61,6 +65,8 @@ __all__ = [
     "create_optimizer",
     "default_optimizer_config",
     "goyal_schedule",
+    "handover_complete_step",
+    "has_rms_buffer",
     "learning_rate_schedule",
     "linear_scaling_rule",
     "multi_dim_mask",
@@ -74,4 +80,6 @@ __all__ = [
     "schedule_reaches_zero",
     "slow_start_schedule",
     "validate_optimizer_config",
+    "with_rms_buffer",
+    "without_rms_buffer",
 ]

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -227,3 +229,18 @@ def cosine_warmup_schedule(
 def constant_schedule(base_learning_rate: float) -> optax.Schedule:
     """``base_learning_rate`` at every step."""
     return optax.constant_schedule(base_learning_rate)
+
+
+def handover_complete_step(alpha_sgd: optax.Schedule, total_steps: int) -> int | None:
+    """The first optimizer step from which ``alpha_sgd`` is exactly 1 at every step of the
+    run (evaluated as the optimizer evaluates it), plus one step of margin; None if there is
+    none before ``total_steps``. From that step on :func:`lmsgd.optim.rmsprop_warmup` is
+    momentum SGD, and the train step may drop its second buffer
+    (:func:`lmsgd.optim.without_rms_buffer`)."""
+    if total_steps <= 0:
+        return None
+    values = np.asarray(jax.jit(alpha_sgd)(jnp.arange(total_steps, dtype=jnp.int32)))
+    below = np.flatnonzero(values != 1.0)
+    first = 0 if below.size == 0 else int(below[-1]) + 1
+    first += 1  # margin: a host evaluation that rounds one step differently changes nothing
+    return first if first < total_steps else None

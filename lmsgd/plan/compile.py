@@ -107,7 +107,7 @@ def make_mesh(devices: Sequence[Any], algorithm: str, devices_per_node: int) -> 
     )
 
 
-def build_step(config: Any, mesh: Mesh) -> StepSetup:
+def build_step(config: Any, mesh: Mesh, *, norms: bool = True) -> StepSetup:
     """config -> (model, optimizer, schedules, train step) for `mesh`, all abstract.
 
     Uses `lmsgd.run.assemble` (the driver's set-up) on the target's mesh, with the state
@@ -137,7 +137,7 @@ def build_step(config: Any, mesh: Mesh) -> StepSetup:
         ),
         "label": jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=data),
     }
-    step = run.train_step()
+    step = run.train_step(norms=norms)
     return StepSetup(
         mesh=mesh,
         model=model,
