@@ -11,7 +11,7 @@ training images (32 per device, as in the paper), so a run takes 200 large steps
 The paper's epoch-valued settings are scaled from 90 epochs to `num_epochs` by one rule
 (`lmsgd.optim.scale_epochs`).
 Expected (measured, docs/results.md): 97.2-98.6% top-1 on the 360 validation images (seeds
-0-2), under a minute of wall time on 2 cores.
+0-2), a few minutes of wall time on 2 cores.
 """
 
 from lmsgd.config import base_config
