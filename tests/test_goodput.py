@@ -28,8 +28,9 @@ def test_phases_nest_and_compilation_is_taken_out_of_the_phase_it_happened_in():
             compile_and_run = time.perf_counter() - t
     parts = gp.summary()["parts_s"]
     assert parts["train_steps"] == pytest.approx(0.2, abs=0.05)
-    assert parts["eval"] == pytest.approx(0.1, abs=0.05)
     assert 0 < parts["compile"] <= compile_and_run + 0.01
+    # eval keeps its sleep, the tracing and the run; only the compilation is taken out.
+    assert parts["eval"] == pytest.approx(0.1 + compile_and_run - parts["compile"], abs=0.03)
     s = gp.summary()
     assert s["unaccounted_s"] == pytest.approx(0.0, abs=0.02)
     assert s["train_steps_fraction"] == pytest.approx(parts["train_steps"] / s["wall_s"], rel=1e-2)
