@@ -130,8 +130,8 @@ def test_device_resize_matches_the_hosts_bilinear_resize():
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        ({"host_size": 48}, "must be below image_size=48"),
-        ({"host_size": 24, "crop": "resize_crop"}, "applies to the inception crop"),
+        ({"host_size": 48}, "needs a smaller value than image_size=48"),
+        ({"host_size": 24, "crop": "resize_crop"}, "needs the inception crop"),
         ({"host_size": -1}, "host_size"),
     ],
 )

@@ -268,12 +268,12 @@ def _host_size_rule(cfg: Mapping[str, Any]) -> str | None:
         return None
     if size >= cfg["image_size"]:
         return (
-            f"config.data.host_size={size} must be below image_size={cfg['image_size']} "
-            "(0 resizes on the host)"
+            f"config.data.host_size={size} needs a smaller value than "
+            f"image_size={cfg['image_size']} (0 resizes on the host)"
         )
     if cfg["name"] == "synthetic" or effective_crop(cfg) != "inception":
         return (
-            f"config.data.host_size={size} applies to the inception crop of image datasets; "
+            f"config.data.host_size={size} needs the inception crop of an image dataset; "
             f"name={cfg['name']!r}, crop={cfg['crop']!r} does not use it: set host_size=0"
         )
     return None
