@@ -172,7 +172,8 @@ FIGURES += [
 
 INPUT = "lmsgd/plan/input_rates.json"  # python -m lmsgd.bench input (the planner reads it)
 INPUT_PATHS = ("decode_and_crop", "decode_then_crop", "resize_crop", "tfds_image_folder",
-               "tfrecord", "dct_scaled", "preresized", "cached", "preresized_cached")  # fmt: skip
+               "tfrecord", "dct_scaled", "preresized", "cached", "preresized_cached",
+               "device_resize", "device_resize_jpeg")  # fmt: skip
 
 
 def _input(path: str, key: str, fmt: Callable[[float], str]) -> Callable[[dict], str]:

@@ -20,8 +20,8 @@ def run_suite(tmp_path, modes, num_images=16):
         [
             "input", "--quick", "--num_images", str(num_images), "--batch_size", "8",
             "--num_batches", "2", "--warmup_batches", "1", "--image_size", "32",
-            "--min_side", "64", "--modes", modes, "--cache_dir", str(tmp_path / "c"),
-            "--results_dir", str(tmp_path / "r"),
+            "--min_side", "64", "--host_size", "24", "--modes", modes,
+            "--cache_dir", str(tmp_path / "c"), "--results_dir", str(tmp_path / "r"),
         ]
     )  # fmt: skip
 

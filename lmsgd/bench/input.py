@@ -55,6 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="shorter side of the fast paths: config.data.decode_min_side of 'dct_scaled', "
         "the prepared copy of 'preresized'",
     )  # fmt: skip
+    parser.add_argument(
+        "--host_size", type=int, default=160,
+        help="config.data.host_size of the 'device_resize' paths: the side of the crops the "
+        "host sends (below --image_size)",
+    )  # fmt: skip
     parser.add_argument("--cache_dir", default=_CACHE, help="where generated JPEGs go")
     parser.add_argument("--results_dir", default="./results", help="JSON output folder")
     parser.add_argument(
@@ -382,6 +387,20 @@ PATHS: dict[str, Path] = {
         _pipeline("preresized", cache=True),
         _prepare_preresized,
     ),
+    "device_resize": Path(
+        "the prepared copy decoded once into host memory; the host sends host_size crops "
+        "(config.data.host_size), the devices resize them to image_size",
+        lambda roots, s, args: _pipeline("preresized", cache=True, host_size=args.host_size)(
+            roots, s, args
+        ),
+        _prepare_preresized,
+    ),
+    "device_resize_jpeg": Path(
+        "the prepared copy (JPEG, fused crop); the host sends host_size crops "
+        "(config.data.host_size), the devices resize them to image_size",
+        lambda roots, s, args: _pipeline("preresized", host_size=args.host_size)(roots, s, args),
+        _prepare_preresized,
+    ),
 }
 
 
@@ -509,6 +528,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "image_size": args.image_size,
             "dtype": args.dtype,
             "min_side": args.min_side,
+            "host_size": args.host_size,
             "data_dir": root,
             "data": source,
             **stats,

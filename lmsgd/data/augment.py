@@ -211,10 +211,11 @@ def train_preprocess(
         out = resize_random_crop(image, crop_seed, size, ratio)
     else:
         raise ValueError(f"crop={crop!r}; allowed: 'inception' | 'resize_crop'")
-    if flip:
-        out = random_flip(out, flip_seed)
     out.set_shape([size, size, 3])
-    return to_wire(out, dtype)
+    out = to_wire(out, dtype)
+    # Flipping commutes with the rounding: done on the wire dtype (uint8: a quarter of the
+    # bytes of float32), the pixels are the same.
+    return random_flip(out, flip_seed) if flip else out
 
 
 def eval_preprocess(image: tf.Tensor, *, size: int, ratio: float, dtype: tf.DType) -> tf.Tensor:

@@ -169,6 +169,17 @@ _KEYS: dict[str, _Key] = {
         lambda x: _is_int(x) and x >= 0,
         "0 (full resolution) or an int >= 1",
     ),
+    "host_size": _Key(
+        0,
+        "inception crop in training: 0 resizes each crop to image_size on the host. N > 0 "
+        "(below image_size) resizes it to N x N on the host, which sends that in the wire "
+        "dtype; the devices resize the batch to image_size (bilinear, rounded like the host) "
+        "right after the transfer. The host resizes and sends (N / image_size)^2 of the "
+        "pixels; a crop keeps at most N pixels of detail per side, which loses nothing on "
+        "images stored with a shorter side near N. Evaluation is unchanged.",
+        lambda x: _is_int(x) and x >= 0,
+        "0 (resize on the host) or an int >= 1",
+    ),
     "random_flip": _Key(
         "auto",
         "Random horizontal flip in training. 'auto': on, except for digits (not mirror symmetric).",
@@ -251,8 +262,25 @@ def _folder_needs_data_dir(cfg: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _host_size_rule(cfg: Mapping[str, Any]) -> str | None:
+    size = cfg["host_size"]
+    if not size:
+        return None
+    if size >= cfg["image_size"]:
+        return (
+            f"config.data.host_size={size} needs a smaller value than "
+            f"image_size={cfg['image_size']} (0 resizes on the host)"
+        )
+    if cfg["name"] == "synthetic" or effective_crop(cfg) != "inception":
+        return (
+            f"config.data.host_size={size} needs the inception crop of an image dataset; "
+            f"name={cfg['name']!r}, crop={cfg['crop']!r} does not use it: set host_size=0"
+        )
+    return None
+
+
 # type_safe=False: keys such as `cache` legitimately switch between 'auto' and a bool.
-DATA = Section("data", _KEYS, rules=(_folder_needs_data_dir,), type_safe=False)
+DATA = Section("data", _KEYS, rules=(_folder_needs_data_dir, _host_size_rule), type_safe=False)
 DATA_CONFIG_DOCS: dict[str, str] = {k: v.doc for k, v in _KEYS.items()}
 
 

@@ -30,10 +30,12 @@ Corrupt files
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from lmsgd.data import config, memory_pipeline, requires, sources, synthetic
 from lmsgd.data import sharding as shard_lib
@@ -80,8 +82,10 @@ def train_batches(
       A :class:`BatchIterator` of {'image': [G, S, S, 3] pixels 0..255 in
       ``cfg.dtype`` (uint8 by default; the model normalizes them on the device),
       'label': [G] int32} (global arrays; [G / process_count, ...] numpy when sharding is
-      None). ``.epoch``/``.step`` give the next batch's position, ``.num_skipped`` the
-      corrupt files skipped.
+      None). With ``cfg.host_size`` the host makes [.., host_size, host_size, 3] images and
+      the devices resize them to S (:func:`device_resize`); numpy batches (sharding None)
+      are the host's, at host_size. ``.epoch``/``.step`` give the next batch's position,
+      ``.num_skipped`` the corrupt files skipped.
     """
     cfg = config.resolve(cfg)
     requires.check_available(cfg)
@@ -112,9 +116,30 @@ def train_batches(
         stream, tracker = tf_pipeline.indexed_train(cfg, src, src.train, b=b, **kw)
     else:
         stream, tracker = tf_pipeline.tfds_train(cfg, src, b=b, **kw)
-    return BatchIterator(
-        checked(stream, tracker, sharding, cfg.prefetch), tracker=tracker, **common
-    )
+    batches = checked(stream, tracker, sharding, cfg.prefetch)
+    if cfg.host_size and sharding is not None:
+        batches = _resized_on_device(batches, cfg.image_size)
+    return BatchIterator(batches, tracker=tracker, **common)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def device_resize(images: jax.Array, size: int) -> jax.Array:
+    """[B, h, w, C] pixels -> [B, size, size, C] in the same dtype: bilinear with half-pixel
+    centres (as the host's ``tf.image.resize``), uint8 rounded half to even and saturated
+    (as the host's :func:`lmsgd.data.augment.to_wire`). Each example is resized on the
+    devices that hold it."""
+    n, _, _, c = images.shape
+    shape = (n, size, size, c)
+    out = jax.image.resize(images.astype(jnp.float32), shape, "bilinear", antialias=False)
+    if images.dtype == jnp.uint8:
+        return jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)
+    return out.astype(images.dtype)
+
+
+def _resized_on_device(batches: Iterator[dict], size: int) -> Iterator[dict]:
+    """config.data.host_size: the host sent smaller crops; bring them to image_size."""
+    for batch in batches:
+        yield {**batch, "image": device_resize(batch["image"], size)}
 
 
 def eval_batches(

@@ -43,7 +43,8 @@ def _tf_dtype(cfg) -> tf.DType:
 def _train_fn(cfg, src: sources.Source, seed: int) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
     """(image, key) -> augmented image; key = [2] seed from (seed, epoch, example index)."""
     kwargs = dict(
-        size=cfg.image_size,
+        # host_size: the devices resize to image_size (lmsgd.data.pipeline).
+        size=cfg.host_size or cfg.image_size,
         crop=config.effective_crop(cfg),
         flip=config.effective_flip(cfg),
         ratio=cfg.eval_crop_ratio,
