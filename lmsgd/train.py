@@ -181,8 +181,9 @@ class _Programs:
             self._compiled[key] = self.run.train_step(norms=norms).lower(state, batch).compile()
             seconds = time.perf_counter() - t0
             self.seconds += seconds
-            if self._compiled.keys() != {key}:
-                log.info(
+            if self._compiled.keys() != {key}:  # the first is on the model line
+                # The console keeps its lines; the time: line counts every compile.
+                log.debug(
                     "compiled the train step %s norms, %s the second optimizer buffer in %.1fs",
                     "with" if norms else "without",
                     "with" if key[0] else "without",
