@@ -2,7 +2,7 @@
 and a summary at the end.
 
     12:00:05 step  25/200  epoch   5.0  loss 0.2822  top-1 91.0%  lr 0.05  alpha_sgd 0.660
-             1,814 img/s  ETA 0m25s                                   (one line, folded here)
+             1,814 img/s (227/device)  ETA 0m25s                      (one line, folded here)
     12:00:06 eval  step 25  epoch   5.0  top-1 94.17%  top-5 100.00%  loss 0.1559  (360 examples)
 
 `ConsoleWriter` is a `lmsgd.writers.MetricWriter`: the driver writes every scalar to it, to
@@ -45,7 +45,8 @@ def train_line(
 ) -> str:
     """The interval's line from the driver's ``train/*`` scalars (names without ``train/``).
 
-    ``top-1`` is the accuracy on the interval's last training batch; ``images/s`` is global.
+    ``top-1`` is the accuracy on the interval's last training batch; ``img/s`` is global, then
+    per device.
     A scalar the run does not produce (``alpha_sgd`` outside rmsprop_warmup) is left out.
     """
     width = len(str(total_steps))
@@ -61,7 +62,10 @@ def train_line(
     if "alpha_sgd" in values:
         parts.append(f"alpha_sgd {values['alpha_sgd']:.3f}")
     if "images_per_s" in values:
-        parts.append(f"{values['images_per_s']:,.0f} img/s")
+        rate = f"{values['images_per_s']:,.0f} img/s"
+        if "images_per_s_per_device" in values:  # what a chip's roofline is compared with
+            rate += f" ({values['images_per_s_per_device']:,.0f}/device)"
+        parts.append(rate)
     if eta_s is not None:
         parts.append(f"ETA {format_duration(eta_s)}")
     return "  ".join(parts)

@@ -254,10 +254,19 @@ def _step_hooks(config, writer, workdir: str, stack: contextlib.ExitStack) -> li
 
 
 def _train_scalars(
-    metrics: dict, run: Run, step: int, *, steps: int, seconds: float, wait_s: float
+    metrics: dict,
+    run: Run,
+    step: int,
+    *,
+    steps: int,
+    seconds: float,
+    wait_s: float,
+    compile_s: float,
 ) -> dict[str, float]:
     """The step's metrics (host floats) and the throughput of the last ``steps`` steps, which
-    took ``seconds`` of which ``wait_s`` waiting for input."""
+    took ``seconds`` of which ``wait_s`` waiting for input; ``compile_s``: the seconds spent
+    compiling programs for them (the first interval of a start counts the compile before its
+    first step; `lmsgd.plan.run_metrics` leaves every interval with a compile out)."""
     plan = run.plan
     images_per_s = steps * run.config.global_batch_size / seconds
     return {
@@ -267,6 +276,7 @@ def _train_scalars(
         "images_per_s": images_per_s,
         "images_per_s_per_device": images_per_s / plan.num_devices,
         "data_wait_fraction": wait_s / seconds,
+        "compile_s": compile_s,
     }
 
 
@@ -334,6 +344,7 @@ def train_and_evaluate(
 
         step, pending, metrics, early = start_step, None, None, None
         log_t, log_step, wait_s = time.perf_counter(), start_step, 0.0
+        log_compile_s = 0.0  # programs.seconds at the last log (0: the first interval's compile)
         preemption = stack.enter_context(Preemption())
         t_start = time.perf_counter()
         with gp.phase("train_steps"):
@@ -356,10 +367,11 @@ def train_and_evaluate(
                     now = time.perf_counter()
                     scalars = _train_scalars(
                         metrics, run, step, steps=step - log_step, seconds=now - log_t,
-                        wait_s=wait_s,
+                        wait_s=wait_s, compile_s=programs.seconds - log_compile_s,
                     )  # fmt: skip
                     writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
                     log_t, log_step, wait_s = now, step, 0.0
+                    log_compile_s = programs.seconds
                 if ckpt is not None:
                     ckpt.check_for_errors()  # a failed background save stops the run now
                 stop = preemption.requested or (

@@ -91,6 +91,35 @@ FIGURES = [
     ),
 ]
 
+H100_8X16 = "results/plan/akiba32k_h100_8x16.json"  # python -m lmsgd.plan ... gpu:h100:8x16
+
+FIGURES += [
+    _plan(
+        H100_8X16,
+        "h100 8x16 images/s per host to feed",
+        lambda p: f"{p['input_feed']['images_per_s_per_host']:,.0f}",
+        {"docs/planning.md": rf"the estimated step needs {NUMBER}\s+images/s per host"},
+    ),
+    _plan(
+        H100_8X16,
+        "h100 8x16 host CPUs, decode_and_crop",
+        lambda p: f"{p['input_feed']['paths']['decode_and_crop']['cpus_needed']:.1f}",
+        {"docs/planning.md": rf"images/s per host: {NUMBER} of a node's"},
+    ),
+    _plan(
+        H100_8X16,
+        "h100 8x16 host CPUs per node",
+        lambda p: f"{p['input_feed']['host_cpus']}",
+        {"docs/planning.md": rf"of a node's {NUMBER} logical CPUs with the default path"},
+    ),
+    _plan(
+        H100_8X16,
+        "h100 8x16 host CPUs, device_resize",
+        lambda p: f"{p['input_feed']['paths']['device_resize']['cpus_needed']:.1f}",
+        {"docs/planning.md": rf"\(`decode_and_crop`\), {NUMBER} with `device_resize`"},
+    ),
+]
+
 DEFAULT = "results/default_run/python3.11_jax0.10.2_seed{}.json"  # python -m lmsgd.train
 DEFAULT_312 = "results/default_run/python3.12_jax0.12.0.1_seed0.json"  # the same, newest jax
 
@@ -1603,8 +1632,6 @@ PENDING: list[Allowed] = [
 # Results files a registered quote reads that have not been (re)made yet: their quotes are
 # checked as soon as the file is committed (each command is next to its constant above).
 AWAITING: set[str] = {
-    AKIBA2017,
-    GOYAL2017,
     V100,  # the validation rows
     V5P_F32,
 }

@@ -116,6 +116,7 @@ FLAGS = {
         "measure",
         "max_batch",
         "input_rates",
+        "workdir",
         "help",
     },
 }

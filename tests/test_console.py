@@ -20,6 +20,7 @@ TRAIN = {
     "learning_rate": 0.05,
     "alpha_sgd": 0.0462753,
     "images_per_s": 2424.6,
+    "images_per_s_per_device": 2424.6 / 8,
     "grad_norm": 0.6,  # in metrics.jsonl / TensorBoard, not on the console
 }
 
@@ -28,8 +29,8 @@ def test_train_line_has_what_a_person_scans():
     line = console.train_line(10, 200, TRAIN, eta_s=125.0)
     assert line == (
         "step  10/200  epoch   2.0  loss 0.1235  top-1 90.6%  lr 0.05  alpha_sgd 0.046  "
-        "2,425 img/s  ETA 2m05s"
-    )
+        "2,425 img/s (303/device)  ETA 2m05s"
+    )  # 2,424.6 / 8 devices = 303 per device
     # A baseline optimizer has no alpha_sgd; the first line has no ETA yet.
     momentum = {k: v for k, v in TRAIN.items() if k != "alpha_sgd"}
     assert "alpha_sgd" not in console.train_line(5, 200, momentum, None)

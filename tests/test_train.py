@@ -45,6 +45,10 @@ def test_end_to_end(tmp_path):
         assert r["images_per_s"] * r["step_time_s"] == pytest.approx(64, rel=1e-6)
         assert r["images_per_s_per_device"] * 8 == pytest.approx(r["images_per_s"], rel=1e-9)
         assert 0 <= r["data_wait_fraction"] <= 1
+    # The first interval's steps needed the train step compiled; later, only the hand-over to
+    # SGD compiles (the program without the second buffer), once.
+    compiled = [r["step"] for r in train if r["compile_s"] > 0]
+    assert compiled[0] == 2 and len(compiled) <= 2, [r["compile_s"] for r in train]
     assert [r["epoch"] for r in train] == pytest.approx(
         [r["step"] / STEPS_PER_EPOCH for r in train]
     )

@@ -1,5 +1,5 @@
 """python -m lmsgd.plan --config CONFIG [--config.key=value ...] --target TARGET
-[--json FILE] [--dump_hlo DIR] [--measure N] [--max_batch] [--input_rates FILE]"""
+[--json FILE] [--dump_hlo DIR] [--measure N] [--max_batch] [--input_rates FILE] [--workdir DIR]"""
 
 from __future__ import annotations
 
@@ -26,6 +26,11 @@ def _define_flags() -> None:
         "input_rates", None,
         "A `python -m lmsgd.bench input` results JSON: its images/s per CPU give the host CPUs "
         "each input path needs (default: the committed lmsgd/plan/input_rates.json).",
+    )  # fmt: skip
+    flags.DEFINE_string(
+        "workdir", None,
+        "A `python -m lmsgd.train` run's workdir: print its measured step time (median of the "
+        "logged intervals after each start's first) beside the estimate.",
     )  # fmt: skip
     flags.mark_flags_as_required(["config", "target"])  # fmt: skip
 
@@ -58,6 +63,7 @@ def main(argv) -> None:
     from lmsgd.config import validate_config
     from lmsgd.plan.planner import plan
     from lmsgd.plan.report import format_plan
+    from lmsgd.plan.run_metrics import format_measured, measured_step
     from lmsgd.plan.targets import PlanError
 
     f = flags.FLAGS
@@ -65,6 +71,7 @@ def main(argv) -> None:
         if len(argv) > 1:
             raise PlanError(f"unexpected arguments: {argv[1:]}")
         validate_config(f.config)
+        measured = measured_step(f.workdir) if f.workdir else None  # a bad one fails first
         result = plan(
             f.config, f.target, max_batch=f.max_batch, measure_steps=f.measure,
             dump_hlo=f.dump_hlo, input_rates=f.input_rates,
@@ -72,7 +79,11 @@ def main(argv) -> None:
     except (PlanError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    if measured is not None:
+        result.run_measured = measured
     print(format_plan(result))
+    if measured is not None:
+        print("\n".join(format_measured(measured, result.estimate.step_s, result.num_devices)))
     if f.json:
         with open(f.json, "w") as fh:
             fh.write(_with_provenance(result.to_json()))

@@ -68,6 +68,8 @@ class Plan:
         flags, less those set in XLA_FLAGS).
       input_feed: host CPUs needed per host to feed the estimated step, per input path
         (`lmsgd.plan.input_feed.feed`), with the rates' source and the host's CPU count.
+      run_measured: with --workdir, that run's measured step
+        (`lmsgd.plan.run_metrics.measured_step`), else empty.
     """
 
     target: str
@@ -102,6 +104,7 @@ class Plan:
     overlap: dict[str, Any] = dataclasses.field(default_factory=dict)
     xla_flags: dict[str, str] = dataclasses.field(default_factory=dict)
     input_feed: dict[str, Any] = dataclasses.field(default_factory=dict)
+    run_measured: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -8,7 +8,7 @@ from lmsgd.plan.planner import Plan
 GiB = 2**30
 
 
-def _t(seconds: float) -> str:
+def format_seconds(seconds: float) -> str:
     """Seconds as '1.23 ms', '4.5 s', '12.3 min' or '2.1 h'."""
     if seconds < 1:
         return f"{seconds * 1e3:.3g} ms"
@@ -17,6 +17,9 @@ def _t(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.3g} min"
     return f"{seconds / 3600:.3g} h"
+
+
+_t = format_seconds  # short, for the report lines below
 
 
 def _b(n: float) -> str:
