@@ -120,6 +120,27 @@ FIGURES += [
     ),
 ]
 
+FIGURES += [
+    _plan(
+        V5P,
+        "v5p 8x8x16 images/s per host to feed",
+        lambda p: f"{p['input_feed']['images_per_s_per_host']:,.0f}",
+        {"docs/planning.md": rf"a\s+host of 4 chips needs {NUMBER} images/s"},
+    ),
+    _plan(
+        V5P,
+        "v5p 8x8x16 host CPUs, decode_and_crop",
+        lambda p: f"{p['input_feed']['paths']['decode_and_crop']['cpus_needed']:.1f}",
+        {"docs/planning.md": rf"host of 4 chips needs [\d,]+ images/s: {NUMBER} of its"},
+    ),
+    _plan(
+        V5P,
+        "v5p host CPUs",
+        lambda p: f"{p['input_feed']['host_cpus']}",
+        {"docs/planning.md": rf"of its {NUMBER} logical CPUs with the default path"},
+    ),
+]
+
 DEFAULT = "results/default_run/python3.11_jax0.10.2_seed{}.json"  # python -m lmsgd.train
 DEFAULT_312 = "results/default_run/python3.12_jax0.12.0.1_seed0.json"  # the same, newest jax
 
@@ -1632,7 +1653,6 @@ PENDING: list[Allowed] = [
 # Results files a registered quote reads that have not been (re)made yet: their quotes are
 # checked as soon as the file is committed (each command is next to its constant above).
 AWAITING: set[str] = {
-    V100,  # the validation rows
     V5P_F32,
 }
 
