@@ -56,6 +56,8 @@ def _split(command: str) -> tuple[dict[str, str], list[str]]:
 def _kind(words: list[str]) -> str:
     if words[:2] == ["pip", "install"]:
         return "install"
+    if words[:3] == ["python", "-m", "lmsgd.train"] and "--help_keys" in words:
+        return "help_keys"
     if words[:2] == ["python", "-m"] and words[2] in (
         "lmsgd.data.prepare", "lmsgd.train", "lmsgd.plan", "lmsgd.evaluate"
     ):  # fmt: skip
@@ -74,8 +76,22 @@ def test_every_command_of_the_guide_has_a_runner():
     # The guide's path: install, prepare (both formats), train, plan, launch, resume, evaluate.
     assert kinds == [
         "install", "lmsgd.data.prepare", "lmsgd.data.prepare", "lmsgd.train", "lmsgd.plan",
-        "tpu_pod", "slurm", "lmsgd.train", "lmsgd.evaluate",
+        "tpu_pod", "slurm", "lmsgd.train", "lmsgd.evaluate", "help_keys",
     ]  # fmt: skip
+
+
+def test_help_keys_lists_every_key_of_the_guides_table():
+    (command,) = [c for c in guide_commands(GUIDE.read_text()) if "--help_keys" in c]
+    text = _run([sys.executable, *_split(command)[1][1:]], {})
+    table = GUIDE.read_text().split("## 8. The keys")[1].split("\n## ")[0]
+    keys = re.findall(r"^\| `([\w.]+)` \|", table, re.M)
+    assert len(keys) >= 8
+    for key in keys:
+        assert re.search(rf"^config\.{re.escape(key)} = ", text, re.M), key
+    # The values the table gives for the paper's config.
+    assert "config.data.name = 'imagenet2012' (str)" in text
+    assert "config.data.image_size = 224 (int)" in text
+    assert "config.data.file_format = 'array_record' (str)" in text
 
 
 def test_the_install_extra_is_the_one_ci_installs():
@@ -127,8 +143,8 @@ def test_the_guide_runs_end_to_end_on_a_miniature_ilsvrc(tmp_path):
         env, words = _split(command)
         words = [mapped(w) for w in words]
         kind = _kind(words)
-        if kind == "install":
-            continue  # test_the_install_extra_is_the_one_ci_installs
+        if kind in ("install", "help_keys"):
+            continue  # the fast tests above run these
         if kind.startswith("lmsgd."):
             extra = SHRINK if kind != "lmsgd.data.prepare" else []
             text = _run([sys.executable, *words[1:], *extra], env)
