@@ -378,20 +378,28 @@ def load(results: str) -> dict:
 STEP_TARGET_COLUMNS = [
     ("gpu:h100:8x1", 32, "results/step_target/gpu_h100_8x1_32.json"),
     ("gpu:h100:8x1", 128, "results/step_target/gpu_h100_8x1_128.json"),
+    ("tpu:v5p:2x2x1", 32, "results/step_target/tpu_v5p_2x2x1_32.json"),
+    ("tpu:v5p:2x2x1", 128, "results/step_target/tpu_v5p_2x2x1_128.json"),
 ]
-ALL, AT_32 = (32, 128), (32,)
-STEP_TARGET_ROWS = [  # the row's label in docs/performance.md, phase, ratio, batches
-    ("bytes accessed, warm-up", "warmup", "bytes_accessed", ALL),
-    ("peak memory, warm-up", "warmup", "peak_bytes", ALL),
-    ("bytes accessed, after the hand-over", "sgd", "bytes_accessed", ALL),
-    ("peak memory, after the hand-over", "sgd", "peak_bytes", ALL),
-    ("bytes accessed, momentum", "momentum", "bytes_accessed", AT_32),
-    ("peak memory, momentum", "momentum", "peak_bytes", AT_32),
-    ("temporaries, warm-up", "warmup", "temp_bytes", ALL),
-    ("kernels, warm-up", "warmup", "kernels", ALL),
-    ("bytes accessed, warm-up, steps that log", "warmup_norms", "bytes_accessed", AT_32),
-    ("peak memory, warm-up, steps that log", "warmup_norms", "peak_bytes", AT_32),
-    ("kernels, warm-up, steps that log", "warmup_norms", "kernels", AT_32),
+
+
+def _compiled_phases(path: str) -> set[str]:
+    """The phases a `bench step --target` file compiled (the table shows – for the others)."""
+    return set(json.loads((REPO / path).read_text())["ratios_by_phase"])
+
+
+STEP_TARGET_ROWS = [  # the row's label in docs/performance.md, phase, ratio
+    ("bytes accessed, warm-up", "warmup", "bytes_accessed"),
+    ("peak memory, warm-up", "warmup", "peak_bytes"),
+    ("bytes accessed, after the hand-over", "sgd", "bytes_accessed"),
+    ("peak memory, after the hand-over", "sgd", "peak_bytes"),
+    ("bytes accessed, momentum", "momentum", "bytes_accessed"),
+    ("peak memory, momentum", "momentum", "peak_bytes"),
+    ("temporaries, warm-up", "warmup", "temp_bytes"),
+    ("kernels, warm-up", "warmup", "kernels"),
+    ("bytes accessed, warm-up, steps that log", "warmup_norms", "bytes_accessed"),
+    ("peak memory, warm-up, steps that log", "warmup_norms", "peak_bytes"),
+    ("kernels, warm-up, steps that log", "warmup_norms", "kernels"),
 ]
 
 
@@ -411,6 +419,46 @@ def _step_target_cell(label: str, column: int) -> str:
     return rf"\n\| {re.escape(label)} \|(?:[^|\n]*\|){{{column}}} {NUMBER} \|"
 
 
+def _ratio_at(phase: str, key: str):
+    return lambda d: f"{d['ratios_by_phase'][phase][key]:.2f}"
+
+
+_TPU = "(?s)On the TPU compiler.*?"
+FIGURES += [
+    Figure("TPU 32 bytes after the hand-over", STEP_TARGET_COLUMNS[2][2],
+           _ratio_at("sgd", "bytes_accessed"),
+           {"docs/performance.md": _TPU + rf"hand-over\s+ours\s+moves\s+{NUMBER}\s+\(32"}),
+    Figure("TPU 128 bytes after the hand-over", STEP_TARGET_COLUMNS[3][2],
+           _ratio_at("sgd", "bytes_accessed"),
+           {"docs/performance.md": _TPU + rf"\(32\s+per\s+chip\)\s+and\s+{NUMBER}\s+\(128\)"}),
+    Figure("GPU 32 bytes after the hand-over", STEP_TARGET_COLUMNS[0][2],
+           _ratio_at("sgd", "bytes_accessed"),
+           {"docs/performance.md": _TPU + rf"where\s+XLA:GPU\s+gives\s+{NUMBER}\s+and"}),
+    Figure("GPU 128 bytes after the hand-over", STEP_TARGET_COLUMNS[1][2],
+           _ratio_at("sgd", "bytes_accessed"),
+           {"docs/performance.md": _TPU + rf"where\s+XLA:GPU\s+gives\s+[\d.]+\s+and\s+{NUMBER}\."}),
+    Figure("TPU 32 bytes, warm-up", STEP_TARGET_COLUMNS[2][2],
+           _ratio_at("warmup", "bytes_accessed"),
+           {"docs/performance.md": _TPU + rf"copies:\s+{NUMBER}\s+at\s+32\s+per\s+chip"}),
+    Figure("TPU 128 bytes, warm-up", STEP_TARGET_COLUMNS[3][2],
+           _ratio_at("warmup", "bytes_accessed"),
+           {"docs/performance.md": _TPU + rf"at\s+32\s+per\s+chip,\s+{NUMBER}\s+at\s+128"}),
+]  # fmt: skip
+
+BEFORE = "results/step_target/before_one_pass_bn.json"  # the issue's first measurement
+FIGURES += [
+    Figure(
+        f"before one-pass BN, {target} {batch}/device: {key}",
+        BEFORE,
+        lambda d, target=target, batch=batch, key=key: (
+            f"{d['ratios_over_flax_example'][target][str(batch)][key]:.2f}"
+        ),
+        {"docs/performance.md": _step_target_cell(f"before: {what}", column)},
+    )
+    for column, (target, batch, _) in enumerate(STEP_TARGET_COLUMNS)
+    for key, what in (("bytes_accessed", "bytes accessed"), ("peak_bytes", "peak memory"))
+]
+
 FIGURES += (
     [
         Figure(
@@ -423,8 +471,8 @@ FIGURES += (
             },
         )
         for column, (target, batch, path) in enumerate(STEP_TARGET_COLUMNS)
-        for label, phase, key, batches in STEP_TARGET_ROWS
-        if batch in batches
+        for label, phase, key in STEP_TARGET_ROWS
+        if phase in _compiled_phases(path)
     ]
     + [
         Figure(
