@@ -31,6 +31,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 AxisName = str | tuple[str, ...] | None
 
@@ -197,6 +198,9 @@ def moments(
         # cotangents of `x` in another order than `_shifted_sums` can (1 ulp apart).
         sums = _shifted_sums if jnp.dtype(x.dtype).itemsize < 4 else _shifted_moments
         first, second = sums(x, c, tuple(reduction_axes))
+        # Kept by a rematerializing train step (`lmsgd.models.resnet.REMAT_SAVED`): the
+        # backward pass reads them, and recomputing them is a pass over `x`.
+        first, second = checkpoint_name(first, "norm_stats"), checkpoint_name(second, "norm_stats")
         mean = c + first
         # Rounding can leave a (tiny) negative difference for a constant channel.
         var = jnp.maximum(second - jnp.square(first), 0.0)
@@ -204,7 +208,7 @@ def moments(
         pooled_mean = group_mean(mean, axis_name, group_size)
         var = group_mean(var + jnp.square(mean - pooled_mean), axis_name, group_size)
         mean = pooled_mean
-    return mean, var
+    return checkpoint_name(mean, "norm_stats"), checkpoint_name(var, "norm_stats")
 
 
 class BatchStatsNorm(nn.Module):
