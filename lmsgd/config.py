@@ -185,6 +185,15 @@ MODEL: dict[str, s.Key] = {
         "a number in [0, 1)",
     ),
     "bn_epsilon": s.Key(1e-5, "Added to the variance.", s.positive, "a positive number"),
+    "remat": s.Key(
+        False,
+        "Train step: recompute each block's normalize + ReLU in the backward pass instead of "
+        "keeping it (jax.checkpoint; convolution and block outputs and statistics are kept). "
+        "ResNet-50, bf16, 32 per H100 (XLA:GPU, warm-up step): 0.95x the peak memory, 1.07x "
+        "the memory traffic (docs/performance.md).",
+        s.is_bool,
+        "True or False",
+    ),
     "eval_stats_batches": s.Key(
         1,
         "'batch_stats' mode: statistics for evaluation. 1 = those of the last training batch "

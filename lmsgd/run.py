@@ -119,6 +119,7 @@ class Run:
             label_smoothing=self.config.label_smoothing,
             unroll=not self.micro_batch_loop_rolled,
             norms=norms,
+            remat=self.config.model.remat,
         )
 
     @property

@@ -31,6 +31,7 @@ from jax.sharding import PartitionSpec as P
 
 from lmsgd.data.metrics import masked_topk_correct
 from lmsgd.models.normalization import BATCH_STATS, pool_statistics
+from lmsgd.models.resnet import REMAT_SAVED
 from lmsgd.parallel.allreduce import allreduce_sum
 from lmsgd.parallel.mesh import batch_sharding, data_axes, replicated
 
@@ -193,6 +194,7 @@ def make_train_step(
     label_smoothing: float = 0.0,
     unroll: bool | int = False,
     norms: bool = True,
+    remat: bool = False,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Builds the jitted, sharded train step `(state, batch) -> (state, metrics)`.
 
@@ -223,6 +225,11 @@ def make_train_step(
       (global-batch means), grad_norm (of the mean gradient, before weight decay),
       param_norm (after the update), `finite` (bool: loss, gradient and the updated
       parameters and statistics all finite) and each schedule's value.
+      remat: recompute in the backward pass what the forward pass computed, except the
+        values the model names in `lmsgd.models.resnet.REMAT_SAVED` (convolution and block
+        outputs, normalization statistics): each block's normalize + ReLU is computed twice
+        instead of kept (`jax.checkpoint`). Less memory, more memory traffic; the same
+        gradients up to float rounding.
       norms: False leaves out grad_norm and param_norm, and `finite` is the loss's alone: a
         step that reads no buffer beyond what the update needs (the driver takes this one on
         steps that neither log nor save, and checks the state with `make_state_check`
@@ -242,10 +249,18 @@ def make_train_step(
     def micro_step(params, batch_stats, images, labels):
         """Loss, accuracy, local gradient and statistics of one (micro-)batch."""
 
-        def loss_fn(p):
-            logits, updates = model.apply(
+        def forward(p):
+            return model.apply(
                 {"params": p, BATCH_STATS: batch_stats}, images, train=True, mutable=[BATCH_STATS]
             )
+
+        if remat:
+            forward = jax.checkpoint(
+                forward, policy=jax.checkpoint_policies.save_only_these_names(*REMAT_SAVED)
+            )
+
+        def loss_fn(p):
+            logits, updates = forward(p)
             return jnp.mean(training_loss(logits, labels, label_smoothing)), (logits, updates)
 
         (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)

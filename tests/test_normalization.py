@@ -378,3 +378,59 @@ def test_gradient_with_a_stale_shift_equals_float64_two_pass():
     # Input gradients carry float32 rounding of x ~ 300 (3e-5 relative to the spread).
     for g, r in zip(got, want):
         np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-3 * np.max(np.abs(r)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize(
+    "shape,axes", [((6, 5, 5, 8), (0, 1, 2)), ((3, 4, 3, 3, 8), (1, 2, 3))], ids=["nhwc", "ghost"]
+)
+def test_shifted_sums_derivative_is_autodiffs_bit_for_bit(dtype, shape, axes):
+    """The one-pass sums' hand-written derivative for 16-bit inputs (recomputing `x - c` in
+    the backward pass instead of saving it) equals JAX's derivative of the plain formula
+    exactly, jitted and not; and so do the whole `BatchStatsNorm`'s input and parameter
+    gradients (float32 inputs keep JAX's own derivative)."""
+    from lmsgd.models import normalization
+
+    rng = np.random.default_rng(11)
+    x = jnp.asarray(rng.normal(3.0, 2.0, shape), dtype)
+    c = jnp.asarray(rng.normal(3.0, 1.0, shape[-1]), jnp.float32)
+    out_shape = [s for i, s in enumerate(shape) if i not in axes]
+    g = tuple(jnp.asarray(rng.normal(size=out_shape), jnp.float32) for _ in range(2))
+
+    def vjp(f, x):
+        return jax.vjp(lambda x: f(x, c, axes), x)
+
+    for wrap in (jax.jit, lambda f: f):
+        got, got_vjp = vjp(normalization._shifted_sums, x)
+        want, want_vjp = vjp(normalization._shifted_moments, x)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        (dx,), (dx_ref,) = wrap(got_vjp)(g), wrap(want_vjp)(g)
+        assert dx.dtype == x.dtype
+        np.testing.assert_array_equal(np.asarray(dx, np.float32), np.asarray(dx_ref, np.float32))
+        assert np.any(np.asarray(dx, np.float32) != 0)
+
+    # The layer: normalize + statistics, against the same layer with JAX's derivative.
+    norm = BatchStatsNorm(dtype=dtype, virtual_batch_size=3 if len(shape) == 5 else 0)
+    xs = x.reshape(-1, *shape[-3:]) if len(shape) == 5 else x
+    variables = norm.init(jax.random.key(0), xs, train=False)
+    variables = {**variables, "batch_stats": {"mean": c, "var": jnp.ones_like(c)}}
+    dy = jnp.asarray(rng.normal(size=xs.shape), dtype)
+
+    def grads(sums):
+        def loss(params, x):
+            y, _ = norm.apply({**variables, "params": params}, x, train=True,
+                              mutable=["batch_stats"])  # fmt: skip
+            return jnp.sum(y.astype(jnp.float32) * dy.astype(jnp.float32))
+
+        original = normalization._shifted_sums
+        normalization._shifted_sums = sums
+        try:
+            return jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], xs)
+        finally:
+            normalization._shifted_sums = original
+
+    got = grads(normalization._shifted_sums)
+    want = grads(normalization._shifted_moments)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))

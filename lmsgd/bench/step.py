@@ -102,7 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "baseline: warmup (the paper's optimizer during the RMSprop warm-up, the step of a "
         "step that neither logs nor saves), warmup_norms (the same step with the gradient and "
         "parameter norms, taken on steps that log), sgd (after the hand-over to momentum SGD: "
-        "no second optimizer buffer), momentum (optimizer.name='momentum')",
+        "no second optimizer buffer), momentum (optimizer.name='momentum'), warmup_remat "
+        "(the warm-up step with model.remat=True)",
     )
     parser.add_argument(
         "--json", default=None, help="with --target: write the JSON here (default --results_dir)"

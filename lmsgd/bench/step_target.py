@@ -40,6 +40,8 @@ PHASES = {
     "warmup": "the paper's optimizer during the RMSprop warm-up (a step that neither logs nor "
     "saves: no norms)",
     "warmup_norms": "the same step with the gradient and parameter norms (steps that log)",
+    "warmup_remat": "the warm-up step with model.remat=True (normalize + ReLU recomputed in "
+    "the backward pass)",
     "sgd": "after the hand-over to momentum SGD: no second optimizer buffer",
     "momentum": "optimizer.name='momentum' (SGD with momentum throughout)",
 }
@@ -61,6 +63,8 @@ def _ours(s, args, mesh, global_batch, phase="warmup_norms"):
     )  # fmt: skip
     if phase == "momentum":
         config.optimizer.name = "momentum"
+    if phase == "warmup_remat":
+        config.model.remat = True
     validate_config(config)
     setup = compile_lib.build_step(config, mesh, norms=phase == "warmup_norms")
     state = setup.state

@@ -16,6 +16,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from lmsgd.models.normalization import BatchStatsNorm
 
@@ -42,6 +43,21 @@ def normalize_input(
     return (x.astype(jnp.float32) - mean_c) / std_c
 
 
+# What a rematerializing train step (`model.remat`) keeps for the backward pass: convolution
+# outputs, block outputs and the normalizations' statistics (`REMAT_SAVED`). Everything else,
+# chiefly each block's normalize + ReLU, is recomputed from them. Outside `jax.checkpoint`
+# the names change nothing.
+REMAT_SAVED = ("conv_out", "block_out", "norm_stats")
+
+
+def conv_out(x: jax.Array) -> jax.Array:
+    return checkpoint_name(x, "conv_out")
+
+
+def block_out(x: jax.Array) -> jax.Array:
+    return checkpoint_name(x, "block_out")
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions (ResNet-18/34 and the CIFAR ResNets)."""
 
@@ -54,14 +70,14 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         residual = x
-        y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(x)
+        y = conv_out(self.conv(self.filters, (3, 3), (self.strides, self.strides))(x))
         y = nn.relu(self.norm()(y, train=train))
-        y = self.conv(self.filters, (3, 3))(y)
+        y = conv_out(self.conv(self.filters, (3, 3))(y))
         y = self.last_norm()(y, train=train)
         if residual.shape != y.shape:
             residual = self.conv(self.filters, (1, 1), (self.strides, self.strides))(residual)
-            residual = self.norm()(residual, train=train)
-        return nn.relu(residual + y)
+            residual = self.norm()(conv_out(residual), train=train)
+        return block_out(nn.relu(residual + y))
 
 
 class BottleneckBlock(nn.Module):
@@ -76,16 +92,16 @@ class BottleneckBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         residual = x
-        y = self.conv(self.filters, (1, 1))(x)
+        y = conv_out(self.conv(self.filters, (1, 1))(x))
         y = nn.relu(self.norm()(y, train=train))
-        y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(y)
+        y = conv_out(self.conv(self.filters, (3, 3), (self.strides, self.strides))(y))
         y = nn.relu(self.norm()(y, train=train))
-        y = self.conv(self.filters * 4, (1, 1))(y)
+        y = conv_out(self.conv(self.filters * 4, (1, 1))(y))
         y = self.last_norm()(y, train=train)
         if residual.shape != y.shape:
             residual = self.conv(self.filters * 4, (1, 1), (self.strides, self.strides))(residual)
-            residual = self.norm()(residual, train=train)
-        return nn.relu(residual + y)
+            residual = self.norm()(conv_out(residual), train=train)
+        return block_out(nn.relu(residual + y))
 
 
 class ResNet(nn.Module):
@@ -148,11 +164,11 @@ class ResNet(nn.Module):
         x = normalize_input(x, self.input_mean, self.input_std).astype(self.dtype)
         if self.stem == "imagenet":
             x = conv(width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="conv_init")(x)
-            x = nn.relu(norm(name="bn_init")(x, train=train))
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            x = nn.relu(norm(name="bn_init")(conv_out(x), train=train))
+            x = block_out(nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))))
         else:
             x = conv(width, (3, 3), name="conv_init")(x)
-            x = nn.relu(norm(name="bn_init")(x, train=train))
+            x = block_out(nn.relu(norm(name="bn_init")(conv_out(x), train=train)))
         for i, block_count in enumerate(self.stage_sizes):
             for j in range(block_count):
                 strides = 2 if i > 0 and j == 0 else 1
