@@ -38,8 +38,10 @@ def _rel_l2(a, b):
 
 # bfloat16: XLA:CPU rounds the two programs' bfloat16 arithmetic differently (it drops some
 # float32 -> bfloat16 -> float32 round trips, and which depends on the fusion): compared as
-# a whole (relative L2), at bfloat16's precision. float32: element by element.
-@pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("bfloat16", 5e-2)])
+# a whole (relative L2), at bfloat16's precision. float32: element by element, at the level
+# float reassociation reaches in two steps (its noise grows ~30x a step at lr 0.5 with
+# momentum: 2.7e-5 on jax 0.12.0.1, under 1e-5 on jax 0.10.2); a wrong policy is off by O(1).
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-4), ("bfloat16", 5e-2)])
 def test_remat_step_trains_like_the_plain_step(mesh, dtype, tol):
     """Steps with and without rematerialization: the same losses, updates (new parameters
     minus the initial ones), statistics and momentum, up to float rounding (the backward
