@@ -50,3 +50,7 @@ def test_a_workdir_without_a_steady_interval_is_refused_in_one_line(tmp_path):
     _write(tmp_path, [_train(20, 9.0, 150.0)])
     with pytest.raises(PlanError, match="no logged interval without a compile"):
         measured_step(str(tmp_path))
+    old = {k: v for k, v in _train(40, 0.1, 0.0).items() if k != "compile_s"}
+    _write(tmp_path, [old])
+    with pytest.raises(PlanError, match="has no compile_s"):
+        measured_step(str(tmp_path))

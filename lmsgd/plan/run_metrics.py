@@ -30,10 +30,14 @@ def measured_step(workdir: str) -> dict[str, Any]:
             f"--workdir {workdir}: no {METRICS_FILE} there; give the --workdir of a "
             "`python -m lmsgd.train` run (process 0 writes it)"
         )
-    steady = [
-        r for r in read_metrics(workdir)
-        if r.get("kind") == "train" and "step_time_s" in r and r.get("compile_s") == 0
-    ]  # fmt: skip
+    train = [r for r in read_metrics(workdir) if r.get("kind") == "train" and "step_time_s" in r]
+    if train and not any("compile_s" in r for r in train):
+        raise PlanError(
+            f"--workdir {workdir}: its {METRICS_FILE} has no compile_s (written by an older "
+            "lmsgd.train), so intervals that compiled cannot be told apart; train it further "
+            "with this version"
+        )
+    steady = [r for r in train if r.get("compile_s") == 0]
     if not steady:
         raise PlanError(
             f"--workdir {workdir}: {METRICS_FILE} has no logged interval without a compile "
