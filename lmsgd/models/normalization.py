@@ -155,6 +155,7 @@ def moments(
     axis_name: AxisName = None,
     group_size: int = 0,
     shift: jax.Array | None = None,
+    recompute_centred: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """Per-channel mean and biased variance of `x` over its reduction axes and a device span.
 
@@ -178,6 +179,10 @@ def moments(
       reduction_axes: the axes of `x` reduced (e.g. `(0, 1, 2)` for NHWC).
       axis_name, group_size: the device span (see `group_mean`); None: this call only.
       shift: a per-channel guess of the mean; held constant for differentiation.
+      recompute_centred: with a shift and a 16-bit `x`, the backward pass recomputes
+        `x - shift` instead of saving it (`_shifted_sums`): the same gradient, bit for bit,
+        in less memory on XLA:GPU and more on the TPU compiler (ResNet-50 at 32 per chip:
+        +28 MB of temporaries), hence chosen per platform (`ResNet.gpu_derivatives`).
     Returns:
       `(mean, var)`, each float32 with `reduction_axes` removed.
     """
@@ -193,10 +198,10 @@ def moments(
         # The shift is a constant of the formula (any value gives the same mean and var), so
         # its gradient is zero: stop_gradient says so and keeps it out of the backward pass.
         c = jax.lax.stop_gradient(jnp.asarray(shift, jnp.float32))
-        # 16-bit x: the derivative recomputes `x - c` (see `_shifted_sums`). A float32 x is
-        # its own float32 copy: nothing to save, and JAX's derivative adds the three
-        # cotangents of `x` in another order than `_shifted_sums` can (1 ulp apart).
-        sums = _shifted_sums if jnp.dtype(x.dtype).itemsize < 4 else _shifted_moments
+        # A float32 x is its own float32 copy: nothing to save, and JAX's derivative adds the
+        # three cotangents of `x` in another order than `_shifted_sums` can (1 ulp apart).
+        recompute = recompute_centred and jnp.dtype(x.dtype).itemsize < 4
+        sums = _shifted_sums if recompute else _shifted_moments
         first, second = sums(x, c, tuple(reduction_axes))
         # Kept by a rematerializing train step (`lmsgd.models.resnet.REMAT_SAVED`): the
         # backward pass reads them, and recomputing them is a pass over `x`.
@@ -228,6 +233,8 @@ class BatchStatsNorm(nn.Module):
       dtype: dtype of the output (computation of statistics is always float32).
       param_dtype: dtype of `scale` and `bias`.
       scale_init: e.g. zeros for the last normalization of a residual branch (Goyal et al.).
+      recompute_centred: the statistics' backward pass recomputes `x - mean` (see `moments`);
+        the same gradient, a platform's memory choice.
     """
 
     mode: str = "batch_stats"
@@ -240,10 +247,16 @@ class BatchStatsNorm(nn.Module):
     param_dtype: Any = jnp.float32
     scale_init: Callable = nn.initializers.ones
     bias_init: Callable = nn.initializers.zeros
+    recompute_centred: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        """Normalizes `x` `[..., C]`; `train` selects batch vs. recorded statistics."""
+    def __call__(self, x: jax.Array, *, train: bool, fused: Callable | None = None) -> jax.Array:
+        """Normalizes `x` `[..., C]`; `train` selects batch vs. recorded statistics.
+
+        `fused(x, mul, add, dtype)`, if given, applies the normalization `x * mul + add`
+        (float32 `[C]` each) itself together with what follows it, and its result is
+        returned (e.g. `pooling.normalize_relu_max_pool`; not with `virtual_batch_size`).
+        """
         if self.mode not in MODES:
             raise ValueError(f"BatchStatsNorm mode={self.mode!r}; allowed: {MODES}")
         features = x.shape[-1]
@@ -261,10 +274,15 @@ class BatchStatsNorm(nn.Module):
         bias = self.param("bias", self.bias_init, (features,), self.param_dtype)
         dtype = self.dtype or x.dtype
 
-        def normalize(x, mean, var):
-            # Normalization and affine folded into one multiply-add in float32, then cast.
+        def fold(mean, var):
+            # Normalization and affine folded into one multiply-add in float32.
             mul = jax.lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32)
-            add = bias.astype(jnp.float32) - mean * mul
+            return mul, bias.astype(jnp.float32) - mean * mul
+
+        def normalize(x, mean, var):
+            mul, add = fold(mean, var)
+            if fused is not None:
+                return fused(x, mul, add, jnp.dtype(dtype))
             return (x.astype(jnp.float32) * mul + add).astype(dtype)
 
         # One-pass statistics around the mean this layer recorded at the previous step: the
@@ -283,16 +301,25 @@ class BatchStatsNorm(nn.Module):
                 raise ValueError("virtual_batch_size works per device only (group_size=1)")
             xg = x.reshape(x.shape[0] // v, v, *x.shape[1:])
             group_mean_, group_var = moments(  # [groups, C]
-                xg, tuple(range(1, xg.ndim - 1)), shift=shift
-            )
+                xg, tuple(range(1, xg.ndim - 1)), shift=shift,
+                recompute_centred=self.recompute_centred,
+            )  # fmt: skip
             mean, var = pool_statistics(group_mean_, group_var)
             expand = lambda s: s.reshape(s.shape[0], *([1] * (xg.ndim - 2)), features)
-            y = normalize(xg, expand(group_mean_), expand(group_var)).reshape(x.shape)
+            if fused is None:
+                y = normalize(xg, expand(group_mean_), expand(group_var)).reshape(x.shape)
+            else:  # per example: each its group's multiply-add, `[B, 1, ..., 1, C]`
+                per_example = lambda s: jnp.repeat(s, v, axis=0).reshape(
+                    x.shape[0], *([1] * (x.ndim - 2)), features
+                )
+                mul, add = fold(group_mean_, group_var)
+                y = fused(x, per_example(mul), per_example(add), jnp.dtype(dtype))
         if train:
             # `init` usually runs outside `shard_map`, where the mesh axis is unbound.
             axis_name = None if self.is_initializing() else self.axis_name
             if not ghost:
-                mean, var = moments(x, reduction_axes, axis_name, self.group_size, shift=shift)
+                mean, var = moments(x, reduction_axes, axis_name, self.group_size, shift=shift,
+                                    recompute_centred=self.recompute_centred)  # fmt: skip
             if not self.is_initializing():
                 mean_var.value = jax.lax.stop_gradient(mean)
                 var_var.value = jax.lax.stop_gradient(var)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from lmsgd.models.normalization import BatchStatsNorm
+from lmsgd.models.pooling import normalize_relu_max_pool
 
 # He et al.'s fan-out initialization, as in torchvision and Goyal et al.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -124,6 +125,11 @@ class ResNet(nn.Module):
         virtual_batch_size=...)` (as Flax's ImageNet example passes `norm`); the model adds
         `dtype`, `param_dtype` and the residual branches' `scale_init`. The train step binds
         its `axis_name` to the mesh.
+      gpu_derivatives: two hand-written derivatives that XLA:GPU compiles into less memory
+        traffic and the TPU compiler into more: the stem's normalize + ReLU + max pool
+        (`pooling.normalize_relu_max_pool`) and the statistics' recomputed `x - mean`
+        (`BatchStatsNorm.recompute_centred`). The same gradients (tests); the train step sets
+        it for a mesh of GPUs (`lmsgd.step.bind_model_to_mesh`).
     """
 
     stage_sizes: Sequence[int]
@@ -138,6 +144,7 @@ class ResNet(nn.Module):
     norm: Callable[..., nn.Module] = functools.partial(BatchStatsNorm, group_size=1)
     input_mean: tuple[float, ...] | None = None
     input_std: tuple[float, ...] | None = None
+    gpu_derivatives: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -157,6 +164,8 @@ class ResNet(nn.Module):
             padding="SAME",
         )
         norm = functools.partial(self.norm, dtype=self.dtype, param_dtype=self.param_dtype)
+        if self.gpu_derivatives:
+            norm = functools.partial(norm, recompute_centred=True)
         last_scale_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
         last_norm = functools.partial(norm, scale_init=last_scale_init)
 
@@ -164,8 +173,12 @@ class ResNet(nn.Module):
         x = normalize_input(x, self.input_mean, self.input_std).astype(self.dtype)
         if self.stem == "imagenet":
             x = conv(width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="conv_init")(x)
-            x = nn.relu(norm(name="bn_init")(conv_out(x), train=train))
-            x = block_out(nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))))
+            if self.gpu_derivatives and train:
+                stem = norm(name="bn_init")(conv_out(x), train=train, fused=normalize_relu_max_pool)
+                x = block_out(stem)
+            else:
+                x = nn.relu(norm(name="bn_init")(conv_out(x), train=train))
+                x = block_out(nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))))
         else:
             x = conv(width, (3, 3), name="conv_init")(x)
             x = block_out(nn.relu(norm(name="bn_init")(conv_out(x), train=train)))
