@@ -61,7 +61,7 @@ def bind_model_to_mesh(model: nn.Module, mesh: Mesh) -> nn.Module:
     """The model with its normalization statistics spanning this mesh's data axes and, on a
     mesh of GPUs, the derivatives XLA:GPU compiles best (`ResNet.gpu_derivatives`)."""
     fields = {"norm": functools.partial(model.norm, axis_name=data_axes(mesh))}
-    if hasattr(model, "gpu_derivatives"):
+    if getattr(model, "gpu_derivatives", False) is None:  # None: by the mesh's platform
         fields["gpu_derivatives"] = mesh.devices.flat[0].platform in GPU_PLATFORMS
     return model.clone(**fields)
 
@@ -197,6 +197,7 @@ def make_train_step(
     allreduce_dtype: str = "float32",
     allreduce_fuse: bool = False,
     allreduce_predivide_exponent: float = 0.5,
+    allreduce_flatten: bool | None = None,
     accumulation_steps: int = 1,
     label_smoothing: float = 0.0,
     unroll: bool | int = False,
@@ -211,7 +212,8 @@ def make_train_step(
       tx: the optimizer (its update is applied to the all-reduced mean gradient).
       mesh: from `create_mesh`; parameters and optimizer state are replicated over it.
       schedules: logged per step, evaluated at the step *before* the update (as the optimizer).
-      allreduce_*: see `lmsgd.parallel.allreduce_mean`.
+      allreduce_*: see `lmsgd.parallel.allreduce_mean`; `allreduce_flatten` (see
+        `allreduce_sum`) None: on a mesh of GPUs.
       accumulation_steps: K. Each device splits its examples into K micro-batches and runs
         them one after another (`jax.lax.scan`: activations of one micro-batch live at a
         time), summing gradients locally; then one all-reduce and one optimizer update.
@@ -248,6 +250,8 @@ def make_train_step(
     """
     axes = data_axes(mesh)
     model = bind_model_to_mesh(model, mesh)
+    if allreduce_flatten is None:
+        allreduce_flatten = mesh.devices.flat[0].platform in GPU_PLATFORMS
     schedules = dict(schedules or {})
     k = int(accumulation_steps)
     if k < 1:
@@ -309,6 +313,7 @@ def make_train_step(
             dtype=allreduce_dtype,
             fuse=allreduce_fuse,
             predivide_exponent=allreduce_predivide_exponent,
+            flatten=allreduce_flatten,
         )
         # The norm is taken of the sums and the mean is scaled where the optimizer reads it:
         # a norm of the scaled mean would make XLA:CPU write the mean out first (it fuses no

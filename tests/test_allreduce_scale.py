@@ -422,3 +422,36 @@ def _write_json(path: str | None, rows: list[dict], exponent: float) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_flattened_allreduce_is_the_same_sum(dtype):
+    """`flatten=True` (the train step's choice on GPUs) sends each tensor as a 1-D vector:
+    the sums are those of the float64 reference, in each tensor's shape, as without it."""
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    from lmsgd.parallel.allreduce import allreduce_sum
+
+    rng = np.random.default_rng(6)
+    grads = {"kernel": rng.normal(size=(8, 3, 3, 4, 5)).astype(np.float32),
+             "bias": rng.normal(size=(8, 5)).astype(np.float32)}  # fmt: skip
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("data",))
+
+    def run(flatten):
+        def per_device(g):
+            g = jax.tree.map(lambda x: x[0], g)
+            total, scale = allreduce_sum(g, data_axes=("data",), dtype=dtype, flatten=flatten)
+            return jax.tree.map(lambda x: x * scale, total)
+
+        return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=P("data"), out_specs=P()))(
+            grads
+        )
+
+    flat, plain = run(True), run(False)
+    for name, g in grads.items():
+        assert flat[name].shape == g.shape[1:]
+        np.testing.assert_array_equal(np.asarray(flat[name]), np.asarray(plain[name]))
+        rtol = 1e-6 if dtype == "float32" else 2e-3
+        want = g.astype(np.float64).mean(0)
+        np.testing.assert_allclose(np.asarray(flat[name]), want, rtol=rtol, atol=1e-3)

@@ -120,5 +120,7 @@ def test_resnet_with_gpu_derivatives_has_the_same_loss_and_gradients(dtype, ghos
 def test_train_step_picks_gpu_derivatives_by_platform():
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
     model = ResNet(stage_sizes=(1,), block_cls=BottleneckBlock)
+    assert model.gpu_derivatives is None
     assert bind_model_to_mesh(model, mesh).gpu_derivatives is False  # CPU here
+    assert bind_model_to_mesh(model.clone(gpu_derivatives=True), mesh).gpu_derivatives is True
     assert "cuda" in GPU_PLATFORMS and "gpu" in GPU_PLATFORMS and "tpu" not in GPU_PLATFORMS

@@ -128,8 +128,8 @@ class ResNet(nn.Module):
       gpu_derivatives: two hand-written derivatives that XLA:GPU compiles into less memory
         traffic and the TPU compiler into more: the stem's normalize + ReLU + max pool
         (`pooling.normalize_relu_max_pool`) and the statistics' recomputed `x - mean`
-        (`BatchStatsNorm.recompute_centred`). The same gradients (tests); the train step sets
-        it for a mesh of GPUs (`lmsgd.step.bind_model_to_mesh`).
+        (`BatchStatsNorm.recompute_centred`). The same gradients (tests). None: the train
+        step decides, True on a mesh of GPUs (`lmsgd.step.bind_model_to_mesh`).
     """
 
     stage_sizes: Sequence[int]
@@ -144,7 +144,7 @@ class ResNet(nn.Module):
     norm: Callable[..., nn.Module] = functools.partial(BatchStatsNorm, group_size=1)
     input_mean: tuple[float, ...] | None = None
     input_std: tuple[float, ...] | None = None
-    gpu_derivatives: bool = False
+    gpu_derivatives: bool | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
