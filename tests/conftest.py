@@ -53,6 +53,7 @@ SLOW_MODULES = {
     "test_data_multiprocess",  # two JAX processes
     "test_driver_edges",  # the driver's failure paths, end to end
     "test_experiments",  # the recipe comparison's runner
+    "test_gpu_step_layout",  # ResNet-50 (narrow) train steps compiled by XLA:GPU
     "test_launch",  # the launchers, several with real processes
     "test_multiprocess",  # several JAX processes
     "test_notebook",  # executes the notebook
