@@ -197,7 +197,7 @@ def make_train_step(
     allreduce_dtype: str = "float32",
     allreduce_fuse: bool = False,
     allreduce_predivide_exponent: float = 0.5,
-    allreduce_flatten: bool | None = None,
+    allreduce_flatten: bool = False,
     accumulation_steps: int = 1,
     label_smoothing: float = 0.0,
     unroll: bool | int = False,
@@ -212,8 +212,9 @@ def make_train_step(
       tx: the optimizer (its update is applied to the all-reduced mean gradient).
       mesh: from `create_mesh`; parameters and optimizer state are replicated over it.
       schedules: logged per step, evaluated at the step *before* the update (as the optimizer).
-      allreduce_*: see `lmsgd.parallel.allreduce_mean`; `allreduce_flatten` (see
-        `allreduce_sum`) None: on a mesh of GPUs.
+      allreduce_*: see `lmsgd.parallel.allreduce_mean`; `allreduce_flatten`: see
+        `allreduce_sum` (off: on one node it saves XLA:GPU copies and memory, but across
+        nodes XLA:GPU then combines the all-reduces worse, docs/performance.md).
       accumulation_steps: K. Each device splits its examples into K micro-batches and runs
         them one after another (`jax.lax.scan`: activations of one micro-batch live at a
         time), summing gradients locally; then one all-reduce and one optimizer update.
@@ -250,8 +251,6 @@ def make_train_step(
     """
     axes = data_axes(mesh)
     model = bind_model_to_mesh(model, mesh)
-    if allreduce_flatten is None:
-        allreduce_flatten = mesh.devices.flat[0].platform in GPU_PLATFORMS
     schedules = dict(schedules or {})
     k = int(accumulation_steps)
     if k < 1:

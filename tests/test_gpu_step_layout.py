@@ -2,8 +2,8 @@
 for 2 H100s; needs the CUDA plugin of the `plan` extra): each choice against the same step
 without it, read from the compiled HLO.
 
-- `allreduce_flatten` (on by default on GPUs): the optimizer updates the kernels in place,
-  with no float32 copy of a kernel into the donated state.
+- `allreduce_flatten` (off by default): the optimizer updates the kernels in place, with no
+  float32 copy of a kernel into the donated state.
 - `ResNet.gpu_derivatives` (on by default on GPUs): the stem's max pool's derivative is no
   scatter fed with int32 index tensors.
 """
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def compiled_text(*, flatten=None, gpu_derivatives=None) -> str:
+def compiled_text(*, flatten=False, gpu_derivatives=None) -> str:
     from lmsgd.models.registry import create_model
     from lmsgd.parallel import batch_sharding, replicated
     from lmsgd.step import init_train_state, make_train_step
@@ -68,9 +68,9 @@ def default():
     return compiled_text()
 
 
-def test_optimizer_updates_kernels_in_place(default):
-    copied = kernel_copies(default)
-    unflattened = kernel_copies(compiled_text(flatten=False))
+def test_flattened_gradients_update_kernels_in_place(default):
+    copied = kernel_copies(compiled_text(flatten=True))
+    unflattened = kernel_copies(default)
     # Without the reshape XLA:GPU copies nearly every updated kernel (and its momentum) into
     # the donated state; with it, a few of the last stage's remain.
     assert len(unflattened) >= 50
