@@ -227,6 +227,14 @@ ALLREDUCE: dict[str, s.Key] = {
         s.is_bool,
         "True or False",
     ),
+    "flatten": s.Key(
+        False,
+        "Each gradient all-reduced as a 1-D vector (True): XLA:GPU then updates the parameters "
+        "in place (fewer copies and less memory on one node), but combines the all-reduces of "
+        "a multi-node mesh worse (docs/performance.md). Same values either way.",
+        s.is_bool,
+        "True or False",
+    ),
     "predivide_exponent": s.Key(
         0.5,
         "float16/bfloat16 only: each level's partial sum of n gradients travels divided by "

@@ -35,7 +35,7 @@ from typing import Any
 # below stay. (Operational keys, which change neither, are lmsgd.workdir.OPERATIONAL_KEYS.)
 LAYOUT_KEYS = (
     "accumulation_steps", "max_micro_batch", "model.bn_group_size", "model.bn_virtual_batch_size",
-    "allreduce.algorithm", "allreduce.mesh_shape", "allreduce.fuse",
+    "allreduce.algorithm", "allreduce.mesh_shape", "allreduce.fuse", "allreduce.flatten",
     "allreduce.predivide_exponent",  # compared below where it matters (a low-precision wire)
 )  # fmt: skip
 

@@ -114,6 +114,7 @@ class Run:
             allreduce_algorithm=ar.algorithm,
             allreduce_dtype=ar.dtype,
             allreduce_fuse=ar.fuse,
+            allreduce_flatten=ar.flatten,
             allreduce_predivide_exponent=ar.predivide_exponent,
             accumulation_steps=self.plan.accumulation_steps,
             label_smoothing=self.config.label_smoothing,

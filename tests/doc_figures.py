@@ -192,6 +192,8 @@ def _bytes(d: dict, phase: str) -> float:
     return d["results"][phase]["bytes_accessed"]
 
 
+PLAN_8MIB = "results/plan/akiba32k_h100_8x16_bf16_b4096.json"
+FLATTEN_PLAN = "results/plan/akiba32k_h100_8x16_bf16_b4096_flatten.json"  # + allreduce.flatten
 GPU32 = "results/step_target/gpu_h100_8x1_32.json"
 GPU128 = "results/step_target/gpu_h100_8x1_128.json"
 _P = "docs/performance.md"
@@ -208,13 +210,33 @@ FIGURES += [
     Figure("step --target gpu 32: warm-up peak ratio in the text", GPU32,
            lambda d: f"{d['ratios_by_phase']['warmup']['peak_bytes']:.2f}",
            {_P: rf"which leaves {NUMBER} at 32 per GPU"}),
-    Figure("step --target gpu 32: the norms' bytes (MB)", GPU32,
-           lambda d: f"{(_bytes(d, 'warmup_norms') - _bytes(d, 'warmup')) / 1e6:.1f}",
-           {_P: rf"a step that logs moves {NUMBER} MB more"}),
-    Figure("step --target gpu 32: the norms' kernels", GPU32,
-           lambda d: str(d["results"]["warmup_norms"]["kernels"]["kernels"]
-                         - d["results"]["warmup"]["kernels"]["kernels"]),
-           {_P: rf"in no more memory, with\s+{NUMBER} more kernels"}),
+    Figure("step --target gpu 32: norms' bytes (GB)", GPU32,
+           lambda d: f"{(_bytes(d, 'warmup_norms') - _bytes(d, 'warmup')) / 1e9:.2f}",
+           {_P: rf"XLA:GPU {NUMBER} GB and [\d.]+ MiB of peak memory"}),
+    Figure("step --target gpu 32: norms' peak memory (MiB)", GPU32,
+           _peak_gap("warmup_norms", "warmup", "MiB", "{:.1f}"),
+           {_P: rf"XLA:GPU [\d.]+ GB and {NUMBER} MiB of peak memory"}),
+    Figure("step --target gpu 32: allreduce.flatten's warm-up peak", GPU32,
+           lambda d: f"{d['ratios_by_phase']['warmup_flatten']['peak_bytes']:.2f}",
+           {_P: rf"the warm-up's peak memory\s+is then {NUMBER} of the baseline's"}),
+    Figure("step --target gpu 32: allreduce.flatten's warm-up bytes", GPU32,
+           lambda d: f"{d['ratios_by_phase']['warmup_flatten']['bytes_accessed']:.2f}",
+           {_P: rf"of the baseline's and its bytes {NUMBER}\."}),
+    Figure("plan gpu:h100:8x16 flatten: all-reduces", FLATTEN_PLAN,
+           lambda d: str(d["overlap"]["count"]),
+           {_P: rf"combines the gradients into {NUMBER} all-reduces"}),
+    Figure("plan gpu:h100:8x16 flatten: synchronous all-reduces", FLATTEN_PLAN,
+           lambda d: str(d["overlap"]["count"] - d["overlap"]["async"]),
+           {_P: rf"all-reduces, {NUMBER} of them synchronous"}),
+    Figure("plan gpu:h100:8x16: asynchronous all-reduces", PLAN_8MIB,
+           lambda d: str(d["overlap"]["async"]),
+           {_P: rf"synchronous, in place of {NUMBER}\s+asynchronous ones"}),
+    Figure("plan gpu:h100:8x16: step (ms)", PLAN_8MIB,
+           lambda d: f"{d['estimate']['step_s'] * 1e3:.2f}",
+           {_P: rf"step for 16 x 8 H100 goes from {NUMBER} ms"}),
+    Figure("plan gpu:h100:8x16 flatten: step (ms)", FLATTEN_PLAN,
+           lambda d: f"{d['estimate']['step_s'] * 1e3:.2f}",
+           {_P: rf"H100 goes from [\d.]+ ms to {NUMBER} ms"}),
     Figure("step --target gpu 32: peak below the baseline after the hand-over (MiB)", GPU32,
            _peak_gap("baseline", "sgd", "MiB", "{:.1f}"),
            {_P: rf"peak memory is\s+{NUMBER} MiB \([\d.]+%\) below the baseline's"}),
@@ -409,6 +431,8 @@ STEP_TARGET_ROWS = [  # the row's label in docs/performance.md, phase, ratio
     ("bytes accessed, warm-up, steps that log", "warmup_norms", "bytes_accessed"),
     ("peak memory, warm-up, steps that log", "warmup_norms", "peak_bytes"),
     ("kernels, warm-up, steps that log", "warmup_norms", "kernels"),
+    ("bytes accessed, warm-up, allreduce.flatten", "warmup_flatten", "bytes_accessed"),
+    ("peak memory, warm-up, allreduce.flatten", "warmup_flatten", "peak_bytes"),
 ]
 
 

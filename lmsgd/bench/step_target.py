@@ -44,6 +44,8 @@ PHASES = {
     "the backward pass)",
     "sgd": "after the hand-over to momentum SGD: no second optimizer buffer",
     "momentum": "optimizer.name='momentum' (SGD with momentum throughout)",
+    "warmup_flatten": "the warm-up step with allreduce.flatten=True (gradients all-reduced "
+    "as vectors)",
 }
 
 
@@ -65,6 +67,8 @@ def _ours(s, args, mesh, global_batch, phase="warmup_norms"):
         config.optimizer.name = "momentum"
     if phase == "warmup_remat":
         config.model.remat = True
+    if phase == "warmup_flatten":
+        config.allreduce.flatten = True
     validate_config(config)
     setup = compile_lib.build_step(config, mesh, norms=phase == "warmup_norms")
     state = setup.state
