@@ -4,8 +4,8 @@ derivative recomputes the pool's routing from the saved convolution output.
 Written by hand because XLA:GPU lowers the max pool's derivative (`select_and_scatter_add`)
 to a scatter that the forward pass feeds with index tensors: ResNet-50 at 128 images per GPU
 writes two `s32[128, 56, 56, 64]` and a float32 pool output in the forward pass and reads
-them back in the backward (1.6 GB of memory traffic per step, 6% of the step's kernels'
-bytes after the convolutions'). Here the backward pass recomputes the window maxima's
+them back in the backward (1.6 GB of the step's 49.5 GB of memory traffic, counted from
+XLA:GPU's program). Here the backward pass recomputes the window maxima's
 positions from what it keeps anyway: the convolution output `x` (the normalization's
 backward pass reads it) and the pool output `y` (the next block's input).
 
@@ -13,9 +13,10 @@ The gradient routes as JAX's does: within each window the first maximum in row-m
 takes the whole cotangent, as `select_and_scatter_add` with `ge` does; padding never wins
 (`-inf`); the ReLU's derivative at 0 is 0. Where windows overlap, the cotangents add in
 another order, so 16-bit sums may round differently (tests/test_pooling.py: exact on exactly
-representable sums, to rounding otherwise). The TPU compiler
-has a native select-and-scatter and compiles this version into far more memory (ResNet-50,
-v5p: +1 GB of temporaries), so the train step uses it on GPUs only (`ResNet.gpu_derivatives`).
+representable sums, to rounding otherwise). The TPU compiler has a native
+select-and-scatter and compiles this version into far more memory (ResNet-50, v5p, 32 per
+chip: +1 GB of temporaries), so the train step uses it on GPUs only
+(`ResNet.gpu_derivatives`).
 """
 
 from __future__ import annotations
