@@ -65,7 +65,10 @@ def test_run_summary_accounts_for_the_wall_time(tmp_path, caplog):
     # length depends on the machine's load, so it is not bounded here.
     assert g["wall_s"] <= wall
     written_at = (tmp_path / "summary.json").stat().st_mtime - t0_epoch
-    assert g["wall_s"] == pytest.approx(written_at, abs=1.0)
+    # Two clocks read at two moments a few statements apart; on loaded CI cores the gap has
+    # reached 1 s, so the bound grows with the run (a part left out of the account, e.g. the
+    # evaluation, is tens of percent of it).
+    assert g["wall_s"] == pytest.approx(written_at, abs=max(1.0, 0.05 * written_at))
     assert sum(parts.values()) == pytest.approx(g["wall_s"], rel=0.02, abs=0.3)
     assert abs(g["unaccounted_s"]) < max(0.3, 0.02 * g["wall_s"])
     # Each part is measured in this run: all non-zero but imports (a library call).
