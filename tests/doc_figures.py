@@ -192,6 +192,11 @@ def _bytes(d: dict, phase: str) -> float:
     return d["results"][phase]["bytes_accessed"]
 
 
+def _ratio_at(phase: str, key: str):
+    """The `bench step --target` ratio ours / baseline of `key` in `phase`, as quoted."""
+    return lambda d: f"{d['ratios_by_phase'][phase][key]:.2f}"
+
+
 PLAN_8MIB = "results/plan/akiba32k_h100_8x16_bf16_b4096.json"
 FLATTEN_PLAN = "results/plan/akiba32k_h100_8x16_bf16_b4096_flatten.json"  # + allreduce.flatten
 GPU32 = "results/step_target/gpu_h100_8x1_32.json"
@@ -208,7 +213,7 @@ FIGURES += [
            _peak_gap("warmup", "sgd", "%", "{:.1f}"),
            {_P: rf"at 128 per GPU the buffer is {NUMBER}% of"}),
     Figure("step --target gpu 32: warm-up peak ratio in the text", GPU32,
-           lambda d: f"{d['ratios_by_phase']['warmup']['peak_bytes']:.2f}",
+           _ratio_at("warmup", "peak_bytes"),
            {_P: rf"which leaves {NUMBER} at 32 per GPU"}),
     Figure("step --target gpu 32: norms' bytes (GB)", GPU32,
            lambda d: f"{(_bytes(d, 'warmup_norms') - _bytes(d, 'warmup')) / 1e9:.2f}",
@@ -217,10 +222,10 @@ FIGURES += [
            _peak_gap("warmup_norms", "warmup", "MiB", "{:.1f}"),
            {_P: rf"XLA:GPU [\d.]+ GB and {NUMBER} MiB of peak memory"}),
     Figure("step --target gpu 32: allreduce.flatten's warm-up peak", GPU32,
-           lambda d: f"{d['ratios_by_phase']['warmup_flatten']['peak_bytes']:.2f}",
+           _ratio_at("warmup_flatten", "peak_bytes"),
            {_P: rf"the warm-up's peak memory\s+is then {NUMBER} of the baseline's"}),
     Figure("step --target gpu 32: allreduce.flatten's warm-up bytes", GPU32,
-           lambda d: f"{d['ratios_by_phase']['warmup_flatten']['bytes_accessed']:.2f}",
+           _ratio_at("warmup_flatten", "bytes_accessed"),
            {_P: rf"of the baseline's and its bytes {NUMBER}\."}),
     Figure("plan gpu:h100:8x16 flatten: all-reduces", FLATTEN_PLAN,
            lambda d: str(d["overlap"]["count"]),
@@ -247,13 +252,13 @@ FIGURES += [
            _peak_gap("warmup", "warmup_remat", "MiB", "{:.1f}"),
            {_P: rf"At 32 per GPU it takes {NUMBER} MiB off the\s+warm-up's peak"}),
     Figure("step --target gpu 32: remat's warm-up peak ratio", GPU32,
-           lambda d: f"{d['ratios_by_phase']['warmup_remat']['peak_bytes']:.2f}",
+           _ratio_at("warmup_remat", "peak_bytes"),
            {_P: rf"meets the 1.03 \({NUMBER} of the baseline's"}),
     Figure("step --target gpu 32: remat's warm-up bytes ratio", GPU32,
-           lambda d: f"{d['ratios_by_phase']['warmup_remat']['bytes_accessed']:.2f}",
+           _ratio_at("warmup_remat", "bytes_accessed"),
            {_P: rf"of the baseline's, for {NUMBER} of its bytes"}),
     Figure("step --target gpu 128: remat's warm-up peak ratio", GPU128,
-           lambda d: f"{d['ratios_by_phase']['warmup_remat']['peak_bytes']:.2f}",
+           _ratio_at("warmup_remat", "peak_bytes"),
            {_P: rf"a\s+higher peak \({NUMBER}\)"}),
     Figure("step --target gpu 128: peak below the baseline after the hand-over (MiB)", GPU128,
            _peak_gap("baseline", "sgd", "MiB", "{:.2f}"),
@@ -464,10 +469,6 @@ def _step_target_cell(label: str, column: int) -> str:
     return rf"\n\| {re.escape(label)} \|(?:[^|\n]*\|){{{column}}} {NUMBER} \|"
 
 
-def _ratio_at(phase: str, key: str):
-    return lambda d: f"{d['ratios_by_phase'][phase][key]:.2f}"
-
-
 # The TPU paragraph under the table: (column of STEP_TARGET_COLUMNS, phase, the words around
 # the quoted bytes ratio; a space matches any run of spaces or line breaks).
 TPU_PARAGRAPH = [
@@ -516,7 +517,7 @@ FIGURES += (
         Figure(
             f"step --target {target}, {batch}/device: {label} (ours / baseline)",
             path,
-            lambda d, phase=phase, key=key: f"{d['ratios_by_phase'][phase][key]:.2f}",
+            _ratio_at(phase, key),
             {
                 "docs/performance.md": _step_target_cell(label, column),
                 **_readme_step_quote(target, batch, phase, key),

@@ -124,3 +124,40 @@ def test_train_step_picks_gpu_derivatives_by_platform():
     assert bind_model_to_mesh(model, mesh).gpu_derivatives is False  # CPU here
     assert bind_model_to_mesh(model.clone(gpu_derivatives=True), mesh).gpu_derivatives is True
     assert "cuda" in GPU_PLATFORMS and "gpu" in GPU_PLATFORMS and "tpu" not in GPU_PLATFORMS
+
+
+@pytest.mark.parametrize("group_size", [1, 2], ids=["per-device", "pooled-over-2"])
+def test_train_step_with_gpu_derivatives_on_8_devices(group_size):
+    """The project's train step on 8 simulated devices, statistics per device or pooled over
+    groups of 2 (their derivative then crosses devices): with `gpu_derivatives` forced on,
+    one step gives the parameters, statistics and momentum of the step with JAX's
+    derivatives, to float32 rounding."""
+    import optax
+    from helpers import max_rel_err
+
+    from lmsgd.models import create_model
+    from lmsgd.models.normalization import BatchStatsNorm
+    from lmsgd.parallel import create_mesh
+    from lmsgd.step import create_train_state, make_train_step
+
+    mesh = create_mesh()
+    norm = functools.partial(BatchStatsNorm, group_size=group_size)
+    rng = np.random.default_rng(4)
+    batch = {
+        "image": rng.normal(size=(16, 16, 16, 3)).astype(np.float32),
+        "label": rng.integers(0, 10, 16).astype(np.int32),
+    }
+    tx = optax.sgd(0.1, momentum=0.9)
+
+    def one_step(gpu):
+        model = create_model("resnet18", num_classes=10, width_multiplier=0.125, norm=norm,
+                             zero_init_residual=False).clone(gpu_derivatives=gpu)  # fmt: skip
+        state = create_train_state(model, tx, jax.random.key(0), (16, 16, 3), mesh)
+        state, metrics = make_train_step(model, tx, mesh)(state, batch)
+        return state, float(metrics["loss"])
+
+    (got, loss1), (want, loss0) = one_step(True), one_step(False)
+    assert loss1 == pytest.approx(loss0, rel=1e-6)
+    assert max_rel_err(got.params, want.params) < 1e-5
+    assert max_rel_err(got.batch_stats, want.batch_stats) < 1e-5
+    assert max_rel_err(got.opt_state, want.opt_state) < 1e-5
