@@ -128,7 +128,8 @@ def _has(module):
 def test_step_target_compiles_ours_and_baseline_deviceless(target, tmp_path, capsys):
     args = ["step", "--target", target, "--model", "cifar_resnet8",
             "--width_multiplier", "0.25", "--per_device_batch", "2", "--image_size", "8",
-            "--dtype", "bfloat16", "--allreduce_dtype", "bfloat16", "--phases", "warmup,sgd",
+            "--dtype", "bfloat16", "--allreduce_dtype", "bfloat16",
+            "--phases", "warmup,sgd,warmup_flatten",
             "--results_dir", str(tmp_path)]  # fmt: skip
     record = main(args)
     out = capsys.readouterr().out
@@ -152,6 +153,10 @@ def test_step_target_compiles_ours_and_baseline_deviceless(target, tmp_path, cap
     assert sgd["bytes_accessed"] < ours["bytes_accessed"]
     assert sgd["peak_bytes"] <= ours["peak_bytes"]
     assert record["ratios_by_phase"]["sgd"]["bytes_accessed"] < ratios["bytes_accessed"]
+    # allreduce.flatten sends the same gradient bytes (per tensor, reshaped).
+    flat = saved["results"]["warmup_flatten"]
+    assert flat["flops"] == pytest.approx(ours["flops"], rel=0.01)
+    assert flat["allreduce"]["bytes"] == ours["allreduce"]["bytes"]
 
 
 def test_baseline_step_is_the_flax_examples():
