@@ -213,3 +213,102 @@ def problems(source: str, text: str) -> list[str]:
     for module, args in commands(text):
         out += [f"{source}: {p}" for p in command_problems(module, args)]
     return out
+
+
+# --- names of code and files --------------------------------------------------------------
+
+# Repository folders a page may point into (`lmsgd/models/pooling.py`, `results/plan/`).
+_REPO_DIRS = ("lmsgd", "tests", "docs", "configs", "launch", "notebooks", "results", "requirements")
+_BACKTICKED = re.compile(r"`([^`\s]+)`")
+_PYTHON_NAME = re.compile(r"lmsgd(?:\.[A-Za-z_]\w*)+")
+_CLASS_ATTR = re.compile(r"([A-Z]\w*)\.([a-z_]\w*)")
+
+
+def code_references(text: str) -> list[str]:
+    """Backticked code names in `text`: `lmsgd.module[.attr]`, `Class.attr` and repository
+    paths (`lmsgd/step.py`, `configs/x.py:preset`, `results/plan/`), in order, de-duplicated.
+    Paths with placeholders or globs (`<`, `*`, `{`) and module commands are not names."""
+    found = []
+    for token in _BACKTICKED.findall(text):
+        token = token.rstrip(".,;:()")
+        path = "/" in token and token.split("/")[0] in _REPO_DIRS and not set("<*{$") & set(token)
+        if path or _PYTHON_NAME.fullmatch(token) or _CLASS_ATTR.fullmatch(token):
+            found.append(token)
+    return list(dict.fromkeys(found))
+
+
+def _classes() -> dict[str, set[str]]:
+    """Class name -> the names its body defines (fields, methods), over lmsgd/, with the
+    names of its lmsgd base classes."""
+    bodies: dict[str, set[str]] = {}
+    bases: dict[str, list[str]] = {}
+    for path in (REPO / "lmsgd").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            names = bodies.setdefault(node.name, set())
+            bases.setdefault(node.name, []).extend(
+                b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases
+            )
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    names.add(item.name)
+                elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                    names.add(item.target.id)
+                elif isinstance(item, ast.Assign):
+                    names |= {t.id for t in item.targets if isinstance(t, ast.Name)}
+
+    def inherited(name: str, seen: frozenset = frozenset()) -> set[str]:
+        out = set(bodies.get(name, ()))
+        for base in bases.get(name, ()):
+            if base in bodies and base not in seen:
+                out |= inherited(base, seen | {name})
+        return out
+
+    return {name: inherited(name) for name in bodies}
+
+
+def _python_name_problem(name: str) -> str | None:
+    """None where `lmsgd.a.b.c` imports (the longest module prefix) and the rest resolves."""
+    import importlib
+
+    parts = name.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for i, attr in enumerate(parts[cut:]):
+            if not hasattr(obj, attr):
+                return f"{'.'.join(parts[: cut + i])} has no {attr}"
+            obj = getattr(obj, attr)
+        return None
+    return f"no module {parts[0]}"
+
+
+def _exists_or_ignored(path: str) -> bool:
+    """In the checkout, or a place a command creates that git ignores (`results/sweep/work/`)."""
+    import subprocess
+
+    if (REPO / path).exists():
+        return True
+    return subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO).returncode == 0
+
+
+def code_problems(source: str, text: str, classes: dict[str, set[str]] | None = None) -> list[str]:
+    """Every backticked code name or repository path in `text` that the code does not have.
+    A `Class.attr` is checked only where lmsgd defines a class of that name."""
+    classes = _classes() if classes is None else classes
+    out = []
+    for ref in code_references(text):
+        if _PYTHON_NAME.fullmatch(ref):
+            problem = _python_name_problem(ref)
+        elif (m := _CLASS_ATTR.fullmatch(ref)) and "/" not in ref:
+            cls, attr = m.groups()
+            problem = None if cls not in classes or attr in classes[cls] else f"{cls} has no {attr}"
+        else:
+            path = ref.split(":")[0]
+            problem = None if _exists_or_ignored(path) else f"no file or folder {path}"
+        if problem:
+            out.append(f"{source}: `{ref}`: {problem}")
+    return out

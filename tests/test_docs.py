@@ -137,3 +137,35 @@ def test_a_new_unsourced_figure_is_found():
         f"README.md:{lines[0]}: '4.2 GiB'", f"docs/planning.md:{lines[1]}: '97%'",
         f"docs/planning.md:{lines[1]}: 'x0.93'",
     ]  # fmt: skip
+
+
+def test_pages_name_only_existing_code_and_files():
+    """Backticked `lmsgd.*` names, `Class.attr` of lmsgd's classes and repository paths."""
+    found = [
+        p
+        for source, text in doc_refs.sources().items()
+        for p in doc_refs.code_problems(source, text)
+    ]
+    assert found == []
+    names = {r for text in doc_refs.sources().values() for r in doc_refs.code_references(text)}
+    assert {"lmsgd.models.pooling", "ResNet.gpu_derivatives", "lmsgd/step.py"} <= names
+    assert len(names) > 100
+
+
+CODE_SNIPPET = """
+The pool lives in `lmsgd.models.pooling` (`lmsgd.models.pooling.no_such_function`), with
+`ResNet.gpu_derivatives` and `ResNet.gpu_derivative`; see `lmsgd/models/pooling.py`,
+`lmsgd/models/pool.py`, `configs/imagenet_resnet50_akiba32k.py:gpu8`, `lmsgd.no_module`, the
+ignored `results/sweep/work/`, and `jax.lax.psum` or `Mesh.devices` (not ours: unchecked).
+"""
+
+
+def test_a_missing_function_attribute_file_or_module_is_found():
+    found = doc_refs.code_problems("snippet", CODE_SNIPPET)
+    assert found == [
+        "snippet: `lmsgd.models.pooling.no_such_function`: lmsgd.models.pooling has no "
+        "no_such_function",
+        "snippet: `ResNet.gpu_derivative`: ResNet has no gpu_derivative",
+        "snippet: `lmsgd/models/pool.py`: no file or folder lmsgd/models/pool.py",
+        "snippet: `lmsgd.no_module`: lmsgd has no no_module",
+    ]
