@@ -349,6 +349,17 @@ def test_dry_run_goes_on_where_the_python_cannot_run_lmsgd(launcher):
     assert rest, result.stdout
 
 
+def test_slurm_dry_run_goes_on_where_lmsgd_dir_is_not_a_checkout(tmp_path):
+    result = _run(
+        ["bash", SLURM, "--dry-run"],
+        env=_env(PYTHON=sys.executable, WORKDIR="/w", LMSGD_DIR=str(tmp_path)),
+    )
+    assert result.returncode == 0, result.stderr
+    first = result.stdout.splitlines()[0]
+    assert first == f"# layout: not resolved (LMSGD_DIR={tmp_path} is not an lmsgd checkout)"
+    assert "srun" in result.stdout
+
+
 # --- tpu_pod.sh ------------------------------------------------------------------------------
 
 
