@@ -9,8 +9,9 @@ if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
 # XLA:CPU's code generation without LLVM's optimizations: the tests' programs are tiny, so
 # compiling them costs more than running them (test_remat's step comparison: 66 s -> 24 s;
-# the full suite on 2 cores: 26 min). The HLO the tests inspect (fusions,
-# collectives, memory) is the same; a test that sets its own XLA_FLAGS may leave it out.
+# the full suite on 2 cores: 26 min). The HLO the tests inspect is the same (a train step's
+# optimized HLO, memory and cost analysis, and bench step --target's XLA:GPU table compared
+# at levels 0 and 2); a test that sets its own XLA_FLAGS may leave it out.
 if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -38,13 +38,18 @@ def _plan(path: str, name: str, value: Callable[[dict], str], quotes: Mapping[st
     return Figure(name, path, value, quotes)
 
 
+def _step_ms(fmt: str) -> Callable[[dict], str]:
+    """A plan's estimated step in milliseconds, as the pages print it."""
+    return lambda plan: fmt.format(plan["estimate"]["step_s"] * 1e3)
+
+
 V5P = "results/plan/akiba32k_v5p_8x8x16.json"  # python -m lmsgd.plan ... --target tpu:v5p:8x8x16
 
 FIGURES = [
     _plan(
         V5P,
         "v5p step time (ms)",
-        lambda p: f"{p['estimate']['step_s'] * 1e3:.1f}",
+        _step_ms("{:.1f}"),
         {
             "README.md": rf"1,024-chip TPU v5p slice.*?estimated {NUMBER} ms per step",
             "docs/performance.md": rf"\| estimated step \| {NUMBER} ms",
@@ -237,10 +242,10 @@ FIGURES += [
            lambda d: str(d["overlap"]["async"]),
            {_P: rf"synchronous, in place of {NUMBER}\s+asynchronous ones"}),
     Figure("plan gpu:h100:8x16: step (ms)", PLAN_8MIB,
-           lambda d: f"{d['estimate']['step_s'] * 1e3:.2f}",
+           _step_ms("{:.2f}"),
            {_P: rf"step for 16 x 8 H100 goes from {NUMBER} ms"}),
     Figure("plan gpu:h100:8x16 flatten: step (ms)", FLATTEN_PLAN,
-           lambda d: f"{d['estimate']['step_s'] * 1e3:.2f}",
+           _step_ms("{:.2f}"),
            {_P: rf"H100 goes from [\d.]+ ms to {NUMBER} ms"}),
     Figure("step --target gpu 32: peak below the baseline after the hand-over (MiB)", GPU32,
            _peak_gap("baseline", "sgd", "MiB", "{:.1f}"),
